@@ -1,0 +1,116 @@
+"""The seed U-Net, its losses and metrics, on small configurations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet_tfx.trainer.losses import dice_coef, dice_loss, two_class_dice_loss
+from unet_tfx.trainer.metrics import CellDice, MeanDice, MembraneDice, PixelAccuracy
+from unet_tfx.trainer.model import build_unet, compile_unet
+
+
+def test_seed_configuration_has_the_seed_parameter_count():
+    assert build_unet((256, 256, 1)).count_params() == 7_759_521
+
+
+def test_output_is_a_probability_map_of_the_input_size():
+    model = build_unet((64, 64, 1), base_filters=4)
+    out = model(tf.random.normal([2, 64, 64, 1])).numpy()
+    assert out.shape == (2, 64, 64, 1)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_fully_convolutional_on_512():
+    model = build_unet((None, None, 1), base_filters=2)
+    assert model(tf.zeros([1, 512, 512, 1])).shape == (1, 512, 512, 1)
+    assert model(tf.zeros([1, 96, 160, 1])).shape == (1, 96, 160, 1)
+
+
+def test_depth_and_base_filters_are_parameters():
+    small = build_unet((32, 32, 1), base_filters=4, depth=2)
+    assert small.get_layer("bottom_conv2").filters == 16
+    assert small(tf.zeros([1, 32, 32, 1])).shape == (1, 32, 32, 1)
+
+
+def _masks():
+    rng = np.random.default_rng(0)
+    a = (rng.random((2, 32, 32, 1)) > 0.5).astype("float32")
+    return a, 1.0 - a
+
+
+def test_dice_is_one_for_equal_masks_and_near_zero_for_disjoint():
+    a, b = _masks()
+    assert float(dice_coef(a, a)) == pytest.approx(1.0)
+    assert float(dice_coef(a, b)) < 1e-3
+    assert float(dice_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_is_symmetric():
+    rng = np.random.default_rng(1)
+    a = rng.random((1, 16, 16, 1)).astype("float32")
+    b = (rng.random((1, 16, 16, 1)) > 0.3).astype("float32")
+    assert float(dice_coef(a, b)) == pytest.approx(float(dice_coef(b, a)))
+
+
+def test_two_class_loss_punishes_the_trivial_all_cell_answer():
+    truth = np.ones((1, 32, 32, 1), "float32")
+    truth[:, ::4] = 0.0  # 25% membrane
+    all_cell = np.ones_like(truth)
+    assert float(dice_loss(truth, all_cell)) < 0.15  # the seed's loss barely sees the error
+    assert float(two_class_dice_loss(truth, all_cell)) > 0.45
+    assert float(two_class_dice_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["dice", "dice2"])
+def test_gradients_are_non_zero(loss):
+    model = compile_unet(build_unet((32, 32, 1), base_filters=4), loss=loss)
+    x = tf.random.normal([2, 32, 32, 1])
+    y = tf.cast(tf.random.uniform([2, 32, 32, 1]) > 0.5, tf.float32)
+    with tf.GradientTape() as tape:
+        value = model.loss(y, model(x, training=True))
+    grads = tape.gradient(value, model.trainable_variables)
+    assert all(g is not None for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+
+
+def test_unknown_loss_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="dice2"):
+        compile_unet(build_unet((32, 32, 1), base_filters=2), loss="bce")
+
+
+def test_a_few_steps_lower_the_loss_on_a_synthetic_problem():
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 32, 32, 1)).astype("float32")
+    y = (x > 0.3).astype("float32")  # a pixel-wise rule the net can learn fast
+    model = compile_unet(build_unet((32, 32, 1), base_filters=4), loss="dice2")
+    before = model.evaluate(x, y, verbose=0)[0]
+    model.fit(x, y, batch_size=4, epochs=40, verbose=0)
+    after = model.evaluate(x, y, verbose=0)[0]
+    assert after < before - 0.1
+
+
+def test_class_metrics_on_known_predictions():
+    truth = np.array([[1, 1, 0, 0]], "float32")
+    pred = np.array([[0.9, 0.2, 0.1, 0.8]], "float32")  # → [1, 0, 0, 1]
+    cell, membrane, mean, accuracy = CellDice(), MembraneDice(), MeanDice(), PixelAccuracy()
+    for metric in (cell, membrane, mean, accuracy):
+        metric.update_state(truth, pred)
+    assert float(cell.result()) == pytest.approx(0.5)  # 2*1 / (2 + 2)
+    assert float(membrane.result()) == pytest.approx(0.5)
+    assert float(mean.result()) == pytest.approx(0.5)
+    assert float(accuracy.result()) == pytest.approx(0.5)
+
+
+def test_metrics_accumulate_over_batches_and_reset():
+    metric = MembraneDice()
+    metric.update_state(np.zeros((1, 4)), np.zeros((1, 4)))  # 4 membrane pixels, all right
+    metric.update_state(np.ones((1, 4)), np.zeros((1, 4)))  # 4 false membrane pixels
+    assert float(metric.result()) == pytest.approx(2 * 4 / (4 + 8))
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+def test_metrics_take_the_class_name_in_snake_case():
+    assert MembraneDice().name == "membrane_dice"
+    assert PixelAccuracy().name == "pixel_accuracy"

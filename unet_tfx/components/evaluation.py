@@ -1,0 +1,43 @@
+"""The Evaluator's TFMA config: Dice metrics on whole eval images and the blessing gate."""
+
+import tensorflow_model_analysis as tfma
+
+from unet_tfx import features as F
+
+METRICS_MODULE = "unet_tfx.trainer.metrics"
+# TFMA reports a tf_keras metric under its class name in snake case.
+GATED_METRIC = "membrane_dice"
+REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy")
+
+
+def eval_config(min_membrane_dice: float, max_dice_drop: float) -> tfma.EvalConfig:
+    """Raw examples in, labels from `transform_features`, predictions from `serving_examples`.
+
+    The model is blessed when its membrane Dice exceeds `min_membrane_dice` and is at most
+    `max_dice_drop` below the last blessed model's (the first run has no baseline).
+    """
+    gate = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_membrane_dice}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -max_dice_drop},
+        ),
+    )
+    metrics = [
+        tfma.MetricConfig(
+            class_name=name, module=METRICS_MODULE,
+            threshold=gate if name == "MembraneDice" else None,
+        )
+        for name in REPORTED_METRICS
+    ]
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_examples",
+                label_key=F.MASK_XF,
+                preprocessing_function_names=["transform_features"],
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+    )

@@ -1,0 +1,81 @@
+"""The `unet-tfx ingest` subcommand."""
+
+import argparse
+import sys
+
+from unet_tfx.ingest.decode import DEFAULT_MAX_PIXELS
+from unet_tfx.ingest.errors import IngestError
+
+EXAMPLES = """\
+examples:
+  # the bundled membrane pairs, 6 of the 30 held out for evaluation
+  unet-tfx ingest --images data/membrane/image --masks data/membrane/label \\
+      --output out/examples --eval-count 6
+
+  # the ISBI 2012 stacks as published (page i of the labels is the mask of page i)
+  unet-tfx ingest --image-stack train-volume.tif --mask-stack train-labels.tif \\
+      --output out/isbi --eval-count 6
+
+  # unlabeled images, for inference
+  unet-tfx ingest --images data/membrane/test --output out/test-examples
+
+  # Beam options after -- (or as --beam-arg=...): here 2 local worker processes
+  unet-tfx ingest --images data/membrane/image --masks data/membrane/label \\
+      --output out/examples -- --direct_num_workers=2 --direct_running_mode=multi_processing
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `ingest` subcommand to `subparsers`; it sets func=run_command."""
+    parser = subparsers.add_parser(
+        "ingest",
+        help="turn image/mask files into sharded TFRecords of tf.Examples",
+        description="Read image/mask pairs (or unlabeled images), check them, and write them as\n"
+        "GZIP TFRecord shards of tf.train.Examples (PNG image and mask, height, width, id)\n"
+        "with a Beam pipeline. Nothing is written at --output unless everything succeeds.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    images = parser.add_mutually_exclusive_group(required=True)
+    images.add_argument("--images", metavar="DIR", help="folder of PNG/TIFF images")
+    images.add_argument("--image-stack", metavar="TIFF", help="multi-page TIFF of images")
+    masks = parser.add_mutually_exclusive_group()
+    masks.add_argument("--masks", metavar="DIR",
+                       help="folder of masks with the same file stems as the images")
+    masks.add_argument("--mask-stack", metavar="TIFF",
+                       help="multi-page TIFF of masks, page i for image page i")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="output folder; must not exist unless --overwrite")
+    parser.add_argument("--eval-count", type=int, default=0, metavar="N",
+                        help="hold out N examples, evenly spread over the id-sorted list, in "
+                        "OUTPUT/eval (the rest in OUTPUT/train); 0: all in OUTPUT (default)")
+    parser.add_argument("--num-shards", type=int, default=0, metavar="N",
+                        help="shards per split (default: one per 64 examples)")
+    parser.add_argument("--channels", type=int, default=1, metavar="N",
+                        help="expected image channels: 1 gray, 3 RGB, ... (default: 1)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="reject images with more pixels (default: %(default)s = 4096*4096)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder (only once the new one is done)")
+    parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                        dest="beam_flags", help="pass ARG to Beam, e.g. "
+                        "--beam-arg=--runner=FlinkRunner (repeatable)")
+    parser.add_argument("beam_args", nargs="*", metavar="-- BEAM_ARGS",
+                        help="further Beam pipeline options, after --")
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `ingest` for parsed arguments: 0 on success, 2 (after `error: ...`) for bad input."""
+    from unet_tfx.ingest.driver import ingest
+
+    try:
+        ingest(args.output, images=args.images, masks=args.masks, image_stack=args.image_stack,
+               mask_stack=args.mask_stack, eval_count=args.eval_count,
+               num_shards=args.num_shards, channels=args.channels, max_pixels=args.max_pixels,
+               overwrite=args.overwrite, beam_args=args.beam_flags + args.beam_args)
+    except IngestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

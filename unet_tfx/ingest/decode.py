@@ -1,0 +1,114 @@
+"""Read and check one image or mask (a PNG/TIFF file or one page of a stack); encode PNGs.
+
+Size, pixel format and channels are checked from the header, before any pixel is decoded.
+"""
+
+import contextlib
+import io
+
+import numpy as np
+from PIL import Image
+
+from unet_tfx.ingest.errors import IngestError
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# Ingestion enforces its own `max_pixels` limit, so PIL's decompression-bomb check is off.
+Image.MAX_IMAGE_PIXELS = None
+
+# 8-bit PIL modes and their channel counts; masks may also be bilevel ("1") or palette indices.
+CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+MASK_MODES = ("L", "1", "P")
+
+
+def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -> np.ndarray:
+    """uint8 pixels, [height, width] for one channel, else [height, width, channels]."""
+    name = _describe(path, page)
+    with _reading(name), _open(path, page, name) as img:
+        _check_pixels(img, name, max_pixels)
+        if img.mode not in CHANNELS or not _is_8_bit(img):
+            raise IngestError(f"{name}: pixel format {_format(img)}: expected an 8-bit image "
+                              "(grayscale or RGB, with or without alpha)")
+        if CHANNELS[img.mode] != channels:
+            raise IngestError(f"{name}: image has {CHANNELS[img.mode]} channel(s) ({img.mode}): "
+                              f"expected {channels}")
+        return np.asarray(img)
+
+
+def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """uint8 [height, width] mask of the image `size`, canonicalised: 0 stays 0, >0 becomes 255."""
+    name = _describe(path, page)
+    with _reading(name), _open(path, page, name) as img:
+        _check_pixels(img, name, max_pixels)
+        if (img.height, img.width) != tuple(size):
+            raise IngestError(f"{name}: mask is {img.height}x{img.width} but its image is "
+                              f"{size[0]}x{size[1]} (height x width): expected the same size")
+        if img.mode in CHANNELS and img.mode not in MASK_MODES:
+            raise IngestError(f"{name}: mask has {CHANNELS[img.mode]} channels ({img.mode}): "
+                              "expected 1")
+        if img.mode not in MASK_MODES or not _is_8_bit(img):
+            raise IngestError(f"{name}: pixel format {_format(img)}: expected an 8-bit "
+                              "single-channel mask")
+        mask = np.asarray(img.convert("L") if img.mode == "1" else img)
+    levels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    if levels.size > 2:
+        shown = ", ".join(map(str, levels[:8])) + (", ..." if levels.size > 8 else "")
+        raise IngestError(f"{name}: mask has {levels.size} levels ({shown}): expected at most two "
+                          "(0 for background, one other value for foreground)")
+    return np.where(mask > 0, 255, 0).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG of uint8 [height, width] or [height, width, channels] pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _describe(path: str, page: int | None) -> str:
+    return path if page is None else f"{path} page {page}"
+
+
+@contextlib.contextmanager
+def _reading(name: str):
+    """Turns PIL's errors for unreadable or corrupt files into an IngestError naming the file."""
+    try:
+        yield
+    except IngestError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise IngestError(f"{name}: cannot read it ({exc}): expected a valid PNG or TIFF image") \
+            from None
+
+
+@contextlib.contextmanager
+def _open(path: str, page: int | None, name: str):
+    """The image at `page` of `path` (a single-image file when `page` is None), header only."""
+    with Image.open(path) as img:
+        frames = getattr(img, "n_frames", 1)
+        if page is None and frames > 1:
+            raise IngestError(f"{name}: file has {frames} pages: expected a single image "
+                              "(pass multi-page TIFFs as a stack)")
+        if page is not None:
+            img.seek(page)
+        yield img
+
+
+def _rawmode(img: Image.Image) -> str:
+    """How the file stores the pixels ("RGB;16B"): PIL reads 16-bit RGB as 8-bit "RGB" mode."""
+    args = img.tile[0].args if img.tile else ""
+    return str(args[0] if isinstance(args, tuple) else args)
+
+
+def _is_8_bit(img: Image.Image) -> bool:
+    return "16" not in _rawmode(img)
+
+
+def _format(img: Image.Image) -> str:
+    return f"{img.mode} (stored as {_rawmode(img)})"
+
+
+def _check_pixels(img: Image.Image, name: str, max_pixels: int) -> None:
+    if img.width * img.height > max_pixels:
+        raise IngestError(f"{name}: {img.height}x{img.width} (height x width) is "
+                          f"{img.width * img.height} pixels: expected at most {max_pixels} "
+                          "(see max_pixels)")

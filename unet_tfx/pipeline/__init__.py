@@ -1,0 +1,1 @@
+"""The TFX pipeline graph and the runners that execute it (LocalDagRunner, Kubeflow)."""

@@ -1,0 +1,77 @@
+"""`unet-tfx predict`: segment images with TF Serving (gRPC) or a local SavedModel."""
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+from unet_tfx.ingest.decode import encode_png
+from unet_tfx.serving.pictures import binary_mask, contact_sheet, decode_grey, overlay
+
+log = logging.getLogger("unet_tfx.serving")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with the served model (gRPC) or a local SavedModel",
+        description="Send each image to TF Serving's PredictionService (serving_default) or run "
+        "a pushed SavedModel in-process, and write per image a binary mask (<stem>_mask.png, "
+        "0 membrane / 255 cell) and an overlay (<stem>_overlay.png), plus predictions.png, a "
+        "contact sheet of all of them.",
+        epilog="examples:\n  unet-tfx predict data/membrane/test/*.png --server localhost:8500\n"
+        "  unet-tfx predict data/membrane/test/0.png --model-dir out/serving/unet_membrane",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--server", help="TF Serving gRPC address, host:port")
+    source.add_argument("--model-dir", help="a SavedModel, or a TF Serving model base whose "
+                        "highest version is used")
+    parser.add_argument("--model-name", default="unet_membrane", help="model name on the server")
+    parser.add_argument("--output", default="out/predictions", help="folder for the pictures")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="cell probability above which a pixel is cell")
+    parser.set_defaults(func=run_command)
+
+
+def _segmenter(args):
+    if args.server:
+        from unet_tfx.serving.client import ServingClient
+
+        return ServingClient(args.server, args.model_name)
+    from unet_tfx.serving.local_model import LocalModel, latest_version
+
+    model_dir = args.model_dir
+    if not os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+        model_dir = latest_version(model_dir)
+    return LocalModel(model_dir)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run_command(args) -> int:
+    segmenter = _segmenter(args)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows, start = [], time.monotonic()
+    for done, name in enumerate(args.images, 1):
+        encoded = Path(name).read_bytes()
+        probabilities = segmenter.segment([encoded])[0]
+        grey = decode_grey(encoded)
+        stem = Path(name).stem
+        mask, picture = binary_mask(probabilities, args.threshold), overlay(grey, probabilities)
+        _write_atomically(output / f"{stem}_mask.png", encode_png(mask))
+        _write_atomically(output / f"{stem}_overlay.png", encode_png(picture))
+        rows.append([grey, picture, mask])
+        rate = done / (time.monotonic() - start)
+        log.info("%d/%d %s  %.2f img/s  ETA %.0fs", done, len(args.images), name, rate,
+                 (len(args.images) - done) / rate)
+    _write_atomically(output / "predictions.png", encode_png(contact_sheet(rows)))
+    print(f"wrote {len(args.images)} masks and overlays to {output}")
+    return 0

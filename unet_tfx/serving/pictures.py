@@ -1,0 +1,35 @@
+"""Pictures a person looks at: predicted membranes over the image, side by side with the truth."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def decode_grey(encoded: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(encoded)).convert("L"))
+
+
+def binary_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The labels' convention: 0 membrane, 255 cell."""
+    return np.where(probabilities[..., 0] > threshold, 255, 0).astype(np.uint8)
+
+
+def overlay(grey: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """RGB: the image in grey with membrane probability (1 - p(cell)) painted red."""
+    membrane = 1.0 - probabilities[..., 0]
+    rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=-1)
+    rgb[..., 0] = rgb[..., 0] * (1 - membrane) + 255 * membrane
+    rgb[..., 1:] *= (1 - 0.6 * membrane)[..., None]
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:
+    """Rows of pictures (grey or RGB) as one RGB grid, each cell² pixels."""
+    width = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (width * cell, len(rows) * cell), "white")
+    for y, row in enumerate(rows):
+        for x, picture in enumerate(row):
+            tile = Image.fromarray(picture).convert("RGB").resize((cell, cell))
+            sheet.paste(tile, (x * cell, y * cell))
+    return np.asarray(sheet)

@@ -1,0 +1,30 @@
+"""Soft Dice coefficient and the Dice losses the trainer can use."""
+
+import tensorflow as tf
+
+
+def dice_coef(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice of the positive (cell) class over the whole batch, as in the seed."""
+    y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+    y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+    intersection = tf.reduce_sum(y_true * y_pred)
+    return (2.0 * intersection + smooth) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + smooth)
+
+
+def dice_loss(y_true, y_pred):
+    """The seed's loss: 1 - soft Dice of the cell class alone."""
+    return 1.0 - dice_coef(y_true, y_pred)
+
+
+def two_class_dice_loss(y_true, y_pred):
+    """Mean of the cell-class and membrane-class Dice losses.
+
+    The membrane (label 0) is the minority class; the single-class loss can sit on the trivial
+    all-cell answer, this one cannot.
+    """
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    return 1.0 - 0.5 * (dice_coef(y_true, y_pred) + dice_coef(1.0 - y_true, 1.0 - y_pred))
+
+
+LOSSES = {"dice": dice_loss, "dice2": two_class_dice_loss}

@@ -1,0 +1,52 @@
+"""The classic U-Net builder (Ronneberger et al. 2015, as in the seed)."""
+
+import tf_keras as keras
+
+from unet_tfx.trainer.losses import LOSSES, dice_coef
+from unet_tfx.trainer.metrics import PixelAccuracy
+
+
+def _double_conv(x, filters: int, name: str):
+    for i in (1, 2):
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+            name=f"{name}_conv{i}",
+        )(x)
+    return x
+
+
+def build_unet(
+    input_shape: tuple = (None, None, 1), base_filters: int = 32, depth: int = 4
+) -> keras.Model:
+    """Two 3x3 ReLU convs per level, filters doubling from `base_filters` over `depth` poolings.
+
+    Down: 2x2 max-pooling. Up: 2x2 stride-2 Conv2DTranspose concatenated with the skip. Output:
+    a 1x1 sigmoid map. Fully convolutional: H and W must be divisible by 2**depth.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x, skips = inputs, []
+    for level in range(depth):
+        x = _double_conv(x, base_filters * 2**level, f"down{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+    x = _double_conv(x, base_filters * 2**depth, "bottom")
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
+                                         name=f"up{level}_transpose")(x)
+        x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = _double_conv(x, filters, f"up{level}")
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3):
+    """Compile with Adam and one of `LOSSES`; report Dice and pixel accuracy."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=LOSSES[loss],
+        metrics=[dice_coef, PixelAccuracy()],
+    )
+    return model

@@ -1,0 +1,76 @@
+"""The TFX Trainer's entry point: `run_fn` trains the U-Net and exports the serving model."""
+
+import hashlib
+import json
+import logging
+import math
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from unet_tfx.config import TrainingConfig
+from unet_tfx.trainer.dataset import eval_dataset, training_dataset
+from unet_tfx.trainer.export import export_serving_model
+from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.progress import ProgressLogger, plot_history
+
+log = logging.getLogger("unet_tfx.trainer")
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over the local GPUs when there are several, else the default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def backup_dir(fn_args, custom_config: dict) -> str:
+    """A BackupAndRestore folder keyed by the inputs and config, stable across retries.
+
+    A retried Trainer execution gets new output folders; keying the backup by what it trains on
+    lets a killed run resume, and keeps a changed config from resuming someone else's weights.
+    """
+    key = json.dumps([fn_args.train_files, fn_args.eval_files, fn_args.transform_output,
+                      custom_config], sort_keys=True)
+    return os.path.join(custom_config["backup_root"], hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def run_fn(fn_args) -> None:
+    """Train on Transform's output per `custom_config`, then export with the serving signatures."""
+    custom_config = fn_args.custom_config
+    cfg = TrainingConfig(**custom_config["training"])
+    channels = custom_config["channels"]
+    keras.utils.set_random_seed(cfg.seed)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    with distribution_strategy().scope():
+        model = compile_unet(
+            build_unet((None, None, channels), cfg.base_filters, cfg.depth),
+            loss=cfg.loss, learning_rate=cfg.learning_rate,
+        )
+    train_steps = fn_args.train_steps
+    epochs = math.ceil(train_steps / cfg.steps_per_epoch)
+    log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d",
+             f"{model.count_params():,}", train_steps, epochs, cfg.steps_per_epoch,
+             cfg.patch_size, cfg.batch_size)
+    history = model.fit(
+        training_dataset(fn_args.train_files, tf_transform_output, cfg),
+        steps_per_epoch=cfg.steps_per_epoch,
+        epochs=epochs,
+        validation_data=eval_dataset(fn_args.eval_files, tf_transform_output, cfg),
+        validation_steps=fn_args.eval_steps or None,
+        callbacks=[
+            keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+            keras.callbacks.BackupAndRestore(backup_dir(fn_args, custom_config)),
+            ProgressLogger(epochs * cfg.steps_per_epoch, cfg.batch_size),
+        ],
+        verbose=0,
+    )
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    plot_history(history.history, os.path.join(fn_args.model_run_dir, "training_curves.png"))
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
+        json.dump(history.history, f, indent=1)
+    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, channels, cfg.depth)
