@@ -34,6 +34,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/bench_model.py
+	$(PY) bench/bench_pipeline.py
 
 lock:
 	test -x .lockenv/bin/uv || { $(PYTHON310) -m venv .lockenv && .lockenv/bin/pip install -q uv; }

@@ -111,6 +111,9 @@ def test_metrics_accumulate_over_batches_and_reset():
     assert float(metric.result()) == 0.0
 
 
-def test_metrics_take_the_class_name_in_snake_case():
-    assert MembraneDice().name == "membrane_dice"
-    assert PixelAccuracy().name == "pixel_accuracy"
+def test_ema_is_opt_in_and_keeps_adam_at_the_seed_rate():
+    plain = compile_unet(build_unet((32, 32, 1), base_filters=2))
+    averaged = compile_unet(build_unet((32, 32, 1), base_filters=2), ema_momentum=0.9)
+    assert not plain.optimizer.use_ema
+    assert averaged.optimizer.use_ema and averaged.optimizer.ema_momentum == 0.9
+    assert float(averaged.optimizer.learning_rate) == pytest.approx(1e-3)

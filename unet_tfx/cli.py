@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
@@ -44,8 +45,16 @@ def _config(args):
 def _run(args) -> int:
     from unet_tfx.pipeline.local_runner import run_local
 
-    summary = run_local(_config(args))
+    config = _config(args)
+    summary = run_local(config)
     print(summary.format())
+    if summary.pushed_to and config.split == "folders":
+        from unet_tfx.serving.eval_pictures import write_eval_predictions
+
+        picture = os.path.join(config.pipeline_root, "eval_predictions.png")
+        eval_examples = os.path.join(config.examples_dir, "eval")
+        write_eval_predictions(summary.pushed_to, eval_examples, picture)
+        print(f"eval predictions (image, truth, overlay, prediction): {picture}")
     return 0 if summary.succeeded else 1
 
 

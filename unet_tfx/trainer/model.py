@@ -40,12 +40,17 @@ def build_unet(
     return keras.Model(inputs, outputs, name="unet")
 
 
-def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3):
-    """Compile with Adam and one of `LOSSES`; report Dice and pixel accuracy."""
+def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3,
+                 ema_momentum: float | None = None):
+    """Compile with Adam and one of `LOSSES`; report Dice and pixel accuracy.
+
+    With `ema_momentum`, fit() ends by replacing the weights with their moving average.
+    """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, **ema),
         loss=LOSSES[loss],
         metrics=[dice_coef, PixelAccuracy()],
     )

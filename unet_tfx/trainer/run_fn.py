@@ -49,7 +49,7 @@ def run_fn(fn_args) -> None:
     with distribution_strategy().scope():
         model = compile_unet(
             build_unet((None, None, channels), cfg.base_filters, cfg.depth),
-            loss=cfg.loss, learning_rate=cfg.learning_rate,
+            loss=cfg.loss, learning_rate=cfg.learning_rate, ema_momentum=cfg.ema_momentum,
         )
     train_steps = fn_args.train_steps
     epochs = math.ceil(train_steps / cfg.steps_per_epoch)
