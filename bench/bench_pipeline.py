@@ -1,7 +1,8 @@
-"""Time every component of one fresh pipeline run and compare with the issue's target.
+"""Time every component of fresh pipeline runs under two DirectRunner modes, against the target.
 
-Target: all components but the Trainer under 60 s together on the membrane data. Prints the
-per-component seconds, their share of the run, and the ratio to the target.
+Target: all components but the Trainer under 60 s together on the membrane data. Runs the
+pipeline from scratch with Beam's multi-processing DirectRunner (all cores) and with the
+in-process one (the local default), then prints per-component seconds and the ratios.
 Usage: python bench/bench_pipeline.py [--profile test] [--workdir bench_out/pipeline]
 """
 
@@ -13,6 +14,12 @@ from unet_tfx.config import load_profile
 from unet_tfx.pipeline.local_runner import run_local
 
 TARGET_NON_TRAINER_SECONDS = 60.0
+# DirectRunner worker processes: 0 = every core (multi-processing), 1 = in-process (the default).
+MODES = {"multi_processing": 0, "in_memory": 1}
+
+
+def non_trainer_seconds(summary) -> float:
+    return sum(c.seconds for c in summary.components if c.node != "Trainer")
 
 
 def main() -> None:
@@ -20,20 +27,29 @@ def main() -> None:
     parser.add_argument("--profile", default="test")
     parser.add_argument("--workdir", default="bench_out/pipeline")
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    config = load_profile(args.profile, examples_dir=f"{args.workdir}/examples",
-                          pipeline_root=f"{args.workdir}/tfx",
-                          serving_dir=f"{args.workdir}/serving")
-    summary = run_local(config)
-    print(summary.format())
-    if not summary.succeeded:
-        raise SystemExit(1)
-    total = sum(c.seconds for c in summary.components)
-    non_trainer = total - sum(c.seconds for c in summary.components if c.node == "Trainer")
-    print(f"components total {total:.1f} s, all but the Trainer {non_trainer:.1f} s")
-    print(f"ratio to the {TARGET_NON_TRAINER_SECONDS:.0f} s target: "
-          f"{non_trainer / TARGET_NON_TRAINER_SECONDS:.2f} (≤ 1.00 meets it)")
-    print(f"runner overhead beyond components: {summary.wall_seconds - total:.1f} s")
+    results = {}
+    for mode, workers in MODES.items():
+        workdir = f"{args.workdir}/{mode}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        config = load_profile(args.profile, examples_dir=f"{workdir}/examples",
+                              pipeline_root=f"{workdir}/tfx", serving_dir=f"{workdir}/serving")
+        summary = run_local(config, beam_workers=workers)
+        if not summary.succeeded:
+            raise SystemExit(f"{mode}: {summary.error}")
+        results[mode] = summary
+    print(f"\n{'component':<32}" + "".join(f"{mode:>18}" for mode in results))
+    for component in results["multi_processing"].components:
+        row = [next(c.seconds for c in s.components if c.node == component.node)
+               for s in results.values()]
+        print(f"{component.node:<32}" + "".join(f"{seconds:>17.1f}s" for seconds in row))
+    for mode, summary in results.items():
+        seconds = non_trainer_seconds(summary)
+        ratio = seconds / TARGET_NON_TRAINER_SECONDS
+        print(f"{mode}: all but the Trainer {seconds:.1f} s = {ratio:.2f} x the "
+              f"{TARGET_NON_TRAINER_SECONDS:.0f} s target (<= 1.00 meets it); "
+              f"wall {summary.wall_seconds:.0f} s")
+    multi, single = (non_trainer_seconds(results[m]) for m in MODES)
+    print(f"multi_processing / in_memory, all but the Trainer: {multi / single:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The `unet-tfx` command line and the Kubeflow compilation."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -42,3 +43,15 @@ def test_compile_writes_a_kubeflow_v2_spec(tmp_path):
     assert "gcr.io/acme/unet-tfx:1.0" in text
     assert "--runner=DataflowRunner" in text
     assert "unet_tfx.trainer.run_fn.run_fn" in text
+
+
+def test_tfx_info_chatter_is_reduced_to_component_progress():
+    from unet_tfx.cli import _quiet_tfx_info
+
+    def record(level, message):
+        return logging.LogRecord("absl", level, __file__, 1, message, None, None)
+
+    assert _quiet_tfx_info(record(logging.INFO, "Component Trainer is running."))
+    assert _quiet_tfx_info(record(logging.INFO, "Component Pusher is finished."))
+    assert not _quiet_tfx_info(record(logging.INFO, "udf_utils.get_fn {'train_args': ...}"))
+    assert _quiet_tfx_info(record(logging.WARNING, "anything at all"))

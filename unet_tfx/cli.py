@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import re
 import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
@@ -19,6 +20,9 @@ def _register_run(subparsers) -> None:
         epilog="example: unet-tfx run --profile test --pipeline-root /tmp/tfx",
     )
     _add_config_arguments(parser)
+    parser.add_argument("--beam-workers", type=int, default=1, metavar="N",
+                        help="Beam DirectRunner worker processes: 1 runs in-process (default, "
+                        "fastest on small data), 0 uses every core")
     parser.set_defaults(func=_run)
 
 
@@ -46,7 +50,7 @@ def _run(args) -> int:
     from unet_tfx.pipeline.local_runner import run_local
 
     config = _config(args)
-    summary = run_local(config)
+    summary = run_local(config, beam_workers=args.beam_workers)
     print(summary.format())
     if summary.pushed_to and config.split == "folders":
         from unet_tfx.serving.eval_pictures import write_eval_predictions
@@ -101,10 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMPONENT_PROGRESS = re.compile(r"Component \S+ is (running|finished)")
+
+
+def _quiet_tfx_info(record: logging.LogRecord) -> bool:
+    """Of TFX's (absl) INFO chatter keep only component start/finish lines; keep all warnings."""
+    return record.levelno > logging.INFO or bool(COMPONENT_PROGRESS.match(record.getMessage()))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        logging.getLogger("absl").addFilter(_quiet_tfx_info)
     return args.func(args)
 
 

@@ -3,7 +3,7 @@
 import tf_keras as keras
 
 from unet_tfx.trainer.losses import LOSSES, dice_coef
-from unet_tfx.trainer.metrics import PixelAccuracy
+from unet_tfx.trainer.metrics import MembraneDice, PixelAccuracy
 
 
 def _double_conv(x, filters: int, name: str):
@@ -42,7 +42,7 @@ def build_unet(
 
 def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3,
                  ema_momentum: float | None = None):
-    """Compile with Adam and one of `LOSSES`; report Dice and pixel accuracy.
+    """Compile with Adam and one of `LOSSES`; report Dice, membrane Dice and pixel accuracy.
 
     With `ema_momentum`, fit() ends by replacing the weights with their moving average.
     """
@@ -52,6 +52,7 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate, **ema),
         loss=LOSSES[loss],
-        metrics=[dice_coef, PixelAccuracy()],
+        metrics=[dice_coef, MembraneDice(name="membrane_dice"),
+                 PixelAccuracy(name="pixel_accuracy")],
     )
     return model
