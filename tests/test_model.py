@@ -109,6 +109,11 @@ def test_metrics_accumulate_over_batches_and_reset():
     assert float(metric.result()) == pytest.approx(2 * 4 / (4 + 8))
     metric.reset_state()
     assert float(metric.result()) == 0.0
+    mean = MeanDice()
+    mean.update_state(np.ones((1, 4)), np.ones((1, 4)))
+    assert float(mean.result()) == pytest.approx(0.5)  # cell Dice 1, no membrane at all: 0
+    mean.reset_state()
+    assert float(mean.result()) == 0.0
 
 
 def test_ema_is_opt_in_and_keeps_adam_at_the_seed_rate():

@@ -91,7 +91,7 @@ def test_predict_command_writes_masks_overlays_and_a_contact_sheet(first_run, pi
         overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png"))
         assert overlay.shape == (512, 512, 3)
     assert Image.open(tmp_path / "predictions.png").size == (3 * 256, 2 * 256)
-    assert not list(tmp_path.glob(".*"))  # no temporary files left
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary files left
 
 
 def test_eval_picture_shows_every_eval_example(first_run, pipeline_config, tmp_path):

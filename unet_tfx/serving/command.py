@@ -6,8 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from unet_tfx.ingest.decode import encode_png
-from unet_tfx.serving.pictures import binary_mask, contact_sheet, decode_grey, overlay
+from unet_tfx.serving.pictures import binary_mask, contact_sheet, decode_grey, overlay, save_png
 
 log = logging.getLogger("unet_tfx.serving")
 
@@ -49,12 +48,6 @@ def _segmenter(args):
     return LocalModel(model_dir)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def run_command(args) -> int:
     segmenter = _segmenter(args)
     output = Path(args.output)
@@ -66,12 +59,12 @@ def run_command(args) -> int:
         grey = decode_grey(encoded)
         stem = Path(name).stem
         mask, picture = binary_mask(probabilities, args.threshold), overlay(grey, probabilities)
-        _write_atomically(output / f"{stem}_mask.png", encode_png(mask))
-        _write_atomically(output / f"{stem}_overlay.png", encode_png(picture))
+        save_png(output / f"{stem}_mask.png", mask)
+        save_png(output / f"{stem}_overlay.png", picture)
         rows.append([grey, picture, mask])
         rate = done / (time.monotonic() - start)
         log.info("%d/%d %s  %.2f img/s  ETA %.0fs", done, len(args.images), name, rate,
                  (len(args.images) - done) / rate)
-    _write_atomically(output / "predictions.png", encode_png(contact_sheet(rows)))
+    save_png(output / "predictions.png", contact_sheet(rows))
     print(f"wrote {len(args.images)} masks and overlays to {output}")
     return 0

@@ -1,12 +1,10 @@
 """A picture of the pushed model on the eval split: image, truth, overlay and prediction."""
 
-import os
-
 from unet_tfx import features as F
 from unet_tfx.ingest import read_examples
 from unet_tfx.ingest.decode import encode_png
 from unet_tfx.serving.local_model import LocalModel
-from unet_tfx.serving.pictures import binary_mask, contact_sheet, overlay
+from unet_tfx.serving.pictures import binary_mask, contact_sheet, overlay, save_png
 
 
 def write_eval_predictions(saved_model_dir: str, eval_examples: str, path: str) -> int:
@@ -18,8 +16,5 @@ def write_eval_predictions(saved_model_dir: str, eval_examples: str, path: str) 
         probabilities = model.segment([encode_png(image)])[0]
         rows.append([image, example[F.MASK], overlay(image, probabilities),
                      binary_mask(probabilities)])
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(encode_png(contact_sheet(rows)))
-    os.replace(tmp, path)
+    save_png(path, contact_sheet(rows))
     return len(rows)

@@ -1,9 +1,12 @@
 """Pictures a person looks at: predicted membranes over the image, side by side with the truth."""
 
 import io
+import os
 
 import numpy as np
 from PIL import Image
+
+from unet_tfx.ingest.decode import encode_png
 
 
 def decode_grey(encoded: bytes) -> np.ndarray:
@@ -33,3 +36,11 @@ def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:
             tile = Image.fromarray(picture).convert("RGB").resize((cell, cell))
             sheet.paste(tile, (x * cell, y * cell))
     return np.asarray(sheet)
+
+
+def save_png(path, picture: np.ndarray) -> None:
+    """Write `picture` as a PNG at `path` via a temporary file, so no half-written file is seen."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(encode_png(picture))
+    os.replace(tmp, path)
