@@ -31,6 +31,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check unet_tfx tests bench
+	$(VENV)/bin/hadolint Dockerfile
 
 bench: venv
 	$(PY) bench/bench_model.py

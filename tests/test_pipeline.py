@@ -15,9 +15,8 @@ from unet_tfx.pipeline.local_runner import metadata_path, run_local
 
 pytestmark = pytest.mark.e2e
 
-GRAPH = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-         "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-         "Pusher"]
+GRAPH = ["ImportExampleGen", "StatisticsGen", "ConfiguredSchemaGen", "ExampleValidator",
+         "AnomaliesGate", "Transform", "Trainer", "ServedModel", "Evaluator", "Pusher"]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,12 @@ import functools
 import numpy as np
 import pytest
 import tensorflow_transform.beam as tft_beam
-from google.protobuf import text_format
-from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata
 
 from unet_tfx import features as F
+from unet_tfx.components.schema import build_schema
 from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA
-from unet_tfx.pipeline.pipeline import SCHEMA_FILE
 
 IMAGE_CONFIG = {"image_height": 512, "image_width": 512, "channels": 1}
 
@@ -30,8 +28,7 @@ def _raw_examples(ids):
 
 @pytest.fixture(scope="module")
 def transformed(tmp_path_factory):
-    schema = text_format.Parse(SCHEMA_FILE.read_text(), schema_pb2.Schema())
-    metadata = dataset_metadata.DatasetMetadata(schema)
+    metadata = dataset_metadata.DatasetMetadata(build_schema(512, 512))
     with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft"))):
         (data, _), _ = (_raw_examples([0, 7, 19]), metadata) | tft_beam.AnalyzeAndTransformDataset(
             functools.partial(preprocessing_fn, custom_config=IMAGE_CONFIG),

@@ -7,7 +7,7 @@ import re
 import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
-from unet_tfx.config import PROFILES, load_profile
+from unet_tfx.config import PROFILES, TARGETS, load_profile
 
 
 def _register_run(subparsers) -> None:
@@ -36,6 +36,11 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--train-steps", type=int, help="override the profile's training steps")
     parser.add_argument("--min-membrane-dice", type=float,
                         help="override the profile's blessing threshold")
+    parser.add_argument("--precision",
+                        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        help="Trainer compute precision (default: auto = mixed_float16 on GPUs of "
+                        "compute capability >= 7.0, mixed_bfloat16 on CPUs with native bfloat16, "
+                        "else float32)")
 
 
 def _config(args):
@@ -43,6 +48,7 @@ def _config(args):
         args.profile, examples_dir=args.examples_dir, pipeline_root=args.pipeline_root,
         serving_dir=args.serving_dir, train_steps=args.train_steps,
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
+        precision=args.precision,
     )
 
 
@@ -65,32 +71,58 @@ def _run(args) -> int:
 def _register_compile(subparsers) -> None:
     parser = subparsers.add_parser(
         "compile",
-        help="compile the pipeline for Kubeflow Pipelines / Vertex AI (KFP v2 JSON)",
-        description="Write the pipeline as a KFP v2 pipeline spec whose steps run in --image. "
-        "Paths (--examples-dir, --pipeline-root, --serving-dir) should be ones the cluster "
-        "reaches, e.g. gs:// URIs; --beam-arg sends Beam components to Dataflow, Flink or Spark.",
-        epilog="example: unet-tfx compile --image gcr.io/acme/unet-tfx:1.0 --profile full "
-        "--pipeline-root gs://acme/tfx --examples-dir gs://acme/examples "
+        help="compile the pipeline for Kubeflow Pipelines 2 (YAML) or Vertex AI (JSON)",
+        description="Write the pipeline as a KFP pipeline spec whose steps run in --image: "
+        "--target kubeflow writes the PipelineSpec YAML (schema 2.1) an open-source KFP 2 "
+        "cluster takes; --target vertex writes a Vertex AI PipelineJob JSON. Paths must be ones "
+        "every task reaches: gs:// URIs, or absolute paths on a volume mounted in every task. "
+        "--beam-arg sends the Beam components to Dataflow, Flink or Spark.",
+        epilog="example: unet-tfx compile --target kubeflow --image REGISTRY/unet-tfx:1.0 "
+        "--profile full --pipeline-root gs://acme/tfx --examples-dir gs://acme/examples "
         "--serving-dir gs://acme/serving --beam-arg=--runner=DataflowRunner",
     )
     parser.add_argument("--image", required=True, help="container image with unet-tfx installed")
-    parser.add_argument("--output", default="unet_tfx_pipeline.json", help="pipeline spec file")
+    parser.add_argument("--target", default="kubeflow", choices=TARGETS,
+                        help="orchestrator (default: kubeflow)")
+    parser.add_argument("--output", help="pipeline spec file (default: unet_tfx_pipeline.yaml "
+                        "for kubeflow, unet_tfx_pipeline.json for vertex)")
     _add_config_arguments(parser)
     parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                         help="a Beam pipeline option for the data components (repeatable)")
+    resources = parser.add_argument_group("resources (0: the cluster's default)")
+    resources.add_argument("--trainer-cpus", type=float, help="Trainer CPU limit, cores")
+    resources.add_argument("--trainer-memory-gb", type=float, help="Trainer memory limit, GiB")
+    resources.add_argument("--trainer-gpus", type=int, help="GPUs for the Trainer")
+    resources.add_argument("--trainer-gpu-type", help="GPU model in Vertex's names, e.g. "
+                           "NVIDIA_L4 or NVIDIA_TESLA_T4 (Kubeflow asks for nvidia.com/gpu)")
+    resources.add_argument("--beam-cpus", type=float, help="CPU limit of the Beam components")
+    resources.add_argument("--beam-memory-gb", type=float,
+                           help="memory limit of the Beam components, GiB")
     parser.set_defaults(func=_compile)
 
 
-def _compile(args) -> int:
-    from unet_tfx.pipeline.kubeflow import compile_kubeflow
+RESOURCE_FIELDS = ("trainer_cpus", "trainer_memory_gb", "trainer_gpus", "trainer_gpu_type",
+                   "beam_cpus", "beam_memory_gb")
 
-    path = compile_kubeflow(_config(args), args.image, args.output)
-    print(f"wrote {path}")
+
+def _compile(args) -> int:
+    from unet_tfx.pipeline.kubeflow import SUFFIXES, compile_pipeline
+
+    config = _config(args).replace(**{
+        k: getattr(args, k) for k in RESOURCE_FIELDS if getattr(args, k) is not None})
+    output = args.output or f"unet_tfx_pipeline{SUFFIXES[args.target]}"
+    try:
+        compile_pipeline(config, args.image, output, args.target)
+    except ValueError as error:
+        print(f"unet-tfx compile: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {output} ({args.target})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from unet_tfx.ingest.command import register as register_ingest
+    from unet_tfx.pipeline.submit import register as register_submit
     from unet_tfx.serving.command import register as register_predict
 
     parser = argparse.ArgumentParser(
@@ -101,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ingest(subparsers)
     _register_run(subparsers)
     _register_compile(subparsers)
+    register_submit(subparsers)
     register_predict(subparsers)
     return parser
 

@@ -8,6 +8,12 @@ from pathlib import Path
 BUNDLED_DATA = Path(os.environ.get(
     "UNET_TFX_BUNDLED_DATA", Path(__file__).resolve().parent.parent / "data" / "membrane"))
 
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+# Orchestrators `unet-tfx compile` and `submit` write for.
+TARGETS = ("kubeflow", "vertex")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
@@ -26,6 +32,15 @@ class TrainingConfig:
     ema_momentum: float | None = 0.99
     augment: bool = True
     seed: int = 42
+    # Compute dtype policy: "auto" picks mixed_float16 on NVIDIA GPUs of compute capability >= 7.0,
+    # mixed_bfloat16 on CPUs with native bfloat16 (avx512_bf16 / amx_bf16), else float32.
+    # Variables and the output probabilities stay float32 under every policy.
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainingConfig.precision must be one of {', '.join(PRECISIONS)}; "
+                             f"got {self.precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +65,14 @@ class PipelineConfig:
     min_membrane_dice: float = 0.70
     max_dice_drop: float = 0.01
     beam_args: tuple = ()
+    # Container resources on Kubeflow / Vertex (0 or "": the cluster's default). Memory in GiB.
+    # `trainer_gpu_type` uses Vertex's names (e.g. NVIDIA_L4); Kubeflow asks for nvidia.com/gpu.
+    trainer_cpus: float = 0
+    trainer_memory_gb: float = 0
+    trainer_gpus: int = 0
+    trainer_gpu_type: str = "NVIDIA_L4"
+    beam_cpus: float = 0
+    beam_memory_gb: float = 0
 
     def replace(self, **changes) -> "PipelineConfig":
         """A copy with `changes`; keys of TrainingConfig go to `training`."""
@@ -72,9 +95,15 @@ PROFILES = {
     # The seed model on GPU workers.
     "full": PipelineConfig().replace(
         batch_size=16, train_steps=5000, steps_per_epoch=250, eval_batch_size=6,
-        min_membrane_dice=0.80,
+        min_membrane_dice=0.80, trainer_cpus=8, trainer_memory_gb=32, trainer_gpus=1,
+        beam_cpus=4, beam_memory_gb=16,
     ),
 }
+
+
+def resolve_uri(path: str) -> str:
+    """A remote URI (gs://, s3://, ...) unchanged; a local path made absolute."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def load_profile(name: str, **overrides) -> PipelineConfig:

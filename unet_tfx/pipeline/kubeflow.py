@@ -1,24 +1,108 @@
-"""Compile the same pipeline for Kubeflow Pipelines / Vertex AI Pipelines (KFP v2 IR).
+"""Compile the pipeline for Kubeflow Pipelines 2 (`kubeflow`) or Vertex AI Pipelines (`vertex`).
 
-Components run in the project's container image; Beam components run on whatever runner the
-Beam args name (e.g. `--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`);
-the Trainer uses a TF distribution strategy over the worker's GPUs.
+- `kubeflow`: a bare PipelineSpec in YAML, schema 2.1.0: what the open-source KFP 2 API server
+  accepts. Its backend runs container and importer executors only, never TFX's `preCacheCheck`
+  driver, so the spec holds neither resolvers nor driver hooks.
+- `vertex`: the PipelineJob JSON that Vertex AI Pipelines submits.
+
+Every task runs in the given image. Steps that read what the spec does not name (new files under
+`input_base`, the version served now) are never cached: KFP's cache key is a task's parameters,
+command and image. Resources (CPU, memory, GPUs) come from the config.
 """
 
+import json
 import os
 
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
-from unet_tfx.config import PipelineConfig
+from unet_tfx.config import TARGETS, PipelineConfig, resolve_uri
 from unet_tfx.pipeline.pipeline import create_pipeline
 
+SUFFIXES = {"kubeflow": ".yaml", "vertex": ".json"}
+UNCACHED_TASKS = ("ImportExampleGen", "ServedModel")
+BEAM_TASKS = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
+TRAINER_TASK = "Trainer"
+# Open-source KFP schedules GPUs as the Kubernetes extended resource; Vertex names the model.
+KUBEFLOW_GPU = "nvidia.com/gpu"
+# TFX reads and writes through TensorFlow's filesystems: local, gs:// (built in) and hdfs://.
+UNSUPPORTED_SCHEMES = ("minio://", "s3://")
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 
-def compile_kubeflow(config: PipelineConfig, image: str, output_file: str) -> str:
-    """Write the KFP v2 pipeline spec (JSON) for `config` with every step in `image`."""
+
+def check_locations(config: PipelineConfig) -> None:
+    """Refuse paths no pipeline task can use: MinIO/S3 (no TensorFlow filesystem for them in the
+    image) and relative paths (they would name the compiling machine's working folder)."""
+    for field in ("examples_dir", "pipeline_root", "serving_dir"):
+        value = getattr(config, field)
+        flag = "--" + field.replace("_", "-")
+        if value.startswith(UNSUPPORTED_SCHEMES):
+            raise ValueError(
+                f"{flag} {value}: TFX reads and writes through TensorFlow's filesystems, which "
+                "cannot reach MinIO/S3 in this image (KFP's default minio:// root does not work "
+                "with TFX): use gs://... or an absolute path on a volume mounted in every task")
+        if "://" not in value and not os.path.isabs(value):
+            raise ValueError(
+                f"{flag} {value}: a compiled pipeline runs on other machines: give a URI "
+                "(gs://...) or an absolute path on a volume mounted in every task")
+
+
+def resource_spec(config: PipelineConfig, task: str, target: str) -> ResourceSpec | None:
+    """CPU (cores), memory (GiB) and GPUs for `task`, or None for the cluster's defaults."""
+    if task == TRAINER_TASK:
+        spec = ResourceSpec(cpu_limit=config.trainer_cpus, memory_limit=config.trainer_memory_gb)
+        if config.trainer_gpus:
+            spec.accelerator.type = (KUBEFLOW_GPU if target == "kubeflow"
+                                     else config.trainer_gpu_type)
+            spec.accelerator.count = config.trainer_gpus
+    elif task in BEAM_TASKS:
+        spec = ResourceSpec(cpu_limit=config.beam_cpus, memory_limit=config.beam_memory_gb)
+    else:
+        return None
+    return spec if spec.ByteSize() else None
+
+
+def _apply_target_rules(spec: dict, config: PipelineConfig, target: str) -> None:
+    """Caching off where the key cannot see new data, resources per task, and (kubeflow) no
+    driver hooks, which no open-source backend component runs."""
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in UNCACHED_TASKS:
+        tasks[name]["cachingOptions"] = {"enableCache": False}
+    executors = spec["deploymentSpec"]["executors"]
+    for name, task in tasks.items():
+        container = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]][
+            "container"]
+        resources = resource_spec(config, name, target)
+        if resources is not None:
+            container["resources"] = json_format.MessageToDict(resources)
+        if target == "kubeflow":
+            container.pop("lifecycle", None)
+
+
+def compile_pipeline(config: PipelineConfig, image: str, output_file: str,
+                     target: str = "kubeflow") -> str:
+    """Write the pipeline for `target` to `output_file` (atomically) with every task in `image`."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: expected one of {TARGETS}")
+    check_locations(config)
+    pipeline = create_pipeline(config)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
-        output_dir=os.path.dirname(os.path.abspath(output_file)),
-        output_filename=os.path.basename(output_file),
-    )
-    runner.run(create_pipeline(config))
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=True))
+    job = runner.run(pipeline, write_out=False)
+    _apply_target_rules(job["pipelineSpec"], config, target)
+    if target == "kubeflow":  # the root the KFP backend writes task outputs under
+        job["pipelineSpec"]["defaultPipelineRoot"] = resolve_uri(config.pipeline_root)
+    if target == "kubeflow":
+        text = yaml.safe_dump(job["pipelineSpec"], sort_keys=True)
+    else:
+        text = json.dumps(job, indent=1, sort_keys=True)
+    directory = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(directory, exist_ok=True)
+    partial = f"{output_file}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, output_file)
     return output_file

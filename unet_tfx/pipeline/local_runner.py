@@ -8,8 +8,9 @@ import time
 from tfx import v1 as tfx
 
 from unet_tfx.config import BUNDLED_DATA, PipelineConfig
-from unet_tfx.pipeline.pipeline import create_pipeline
+from unet_tfx.pipeline.pipeline import create_pipeline, model_base
 from unet_tfx.pipeline.run_summary import RunSummary, summarize_run
+from unet_tfx.serving.local_model import served_versions
 
 log = logging.getLogger("unet_tfx.pipeline")
 
@@ -52,7 +53,9 @@ def run_local(config: PipelineConfig, beam_workers: int = 1) -> RunSummary:
     os.makedirs(config.pipeline_root, exist_ok=True)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(config))
-    pipeline = create_pipeline(config, metadata_connection_config=connection)
+    served = served_versions(model_base(config))
+    pipeline = create_pipeline(config, metadata_connection_config=connection,
+                               served_cache_key=str(served[-1] if served else 0))
     started = time.time()
     error = None
     try:

@@ -1,43 +1,34 @@
 """`create_pipeline`: the TFX graph from examples to a pushed, blessed SavedModel.
 
-ImportExampleGen → StatisticsGen, ImportSchemaGen → ExampleValidator → AnomaliesGate →
-Transform → Trainer → (latest blessed model) → Evaluator → Pusher. Component code is referenced
-by dotted path into the installed package, so Beam workers, the Evaluator and container images
-import it the same way.
+ImportExampleGen → StatisticsGen, ConfiguredSchemaGen → ExampleValidator → AnomaliesGate →
+Transform → Trainer → Evaluator (against ServedModel, the version served now) → Pusher.
+Component code is referenced by dotted path into the installed package, so Beam workers, the
+Evaluator and container images import it the same way. Paths may be local or remote URIs.
 """
 
 import dataclasses
 import os
-from pathlib import Path
 
-from google.protobuf import text_format
-from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from unet_tfx.components.anomalies_gate import AnomaliesGate
 from unet_tfx.components.evaluation import eval_config
-from unet_tfx.config import PipelineConfig
+from unet_tfx.components.schema import ConfiguredSchemaGen
+from unet_tfx.components.served_model import BaselineEvaluatorExecutor, ServedModel
+from unet_tfx.config import PipelineConfig, resolve_uri
 
-SCHEMA_FILE = Path(__file__).with_name("schema.pbtxt")
 PREPROCESSING_FN = "unet_tfx.components.transform.preprocessing_fn"
 RUN_FN = "unet_tfx.trainer.run_fn.run_fn"
 
 
-def check_schema_matches(config: PipelineConfig, schema_file: Path) -> None:
-    """The schema's height/width domains must pin the size Transform decodes at."""
-    schema = text_format.Parse(Path(schema_file).read_text(), schema_pb2.Schema())
-    for feature in schema.feature:
-        expected = {"height": config.image_height, "width": config.image_width}.get(feature.name)
-        domain = feature.int_domain
-        if expected is not None and (domain.min, domain.max) != (expected, expected):
-            raise ValueError(
-                f"{schema_file}: feature {feature.name!r} has int_domain {domain.min}..{domain.max}"
-                f" but the pipeline config decodes images at {expected}; make them agree"
-            )
+def model_base(config: PipelineConfig) -> str:
+    """`<serving_dir>/<model_name>`: the folder TF Serving's --model_base_path points at."""
+    return os.path.join(resolve_uri(config.serving_dir), config.model_name)
 
 
 def _example_gen(config: PipelineConfig):
-    input_base = os.path.abspath(config.examples_dir)
+    input_base = resolve_uri(config.examples_dir)
     if config.split == "folders":
         return tfx.components.ImportExampleGen(
             input_base=input_base,
@@ -62,19 +53,23 @@ def _example_gen(config: PipelineConfig):
 
 def create_pipeline(
     config: PipelineConfig,
-    schema_file: Path = SCHEMA_FILE,
     metadata_connection_config=None,
     enable_cache: bool = True,
+    served_cache_key: str = "",
 ) -> tfx.dsl.Pipeline:
-    """The whole graph for `config`; `metadata_connection_config` None means the orchestrator's."""
-    check_schema_matches(config, schema_file)
-    pipeline_root = os.path.abspath(config.pipeline_root)
+    """The whole graph for `config`; `metadata_connection_config` None means the orchestrator's.
+
+    `served_cache_key` names the version served now, where the caller knows it (local runs), so
+    that a cached ServedModel step is reused only while the served version is the same.
+    """
+    pipeline_root = resolve_uri(config.pipeline_root)
     image_config = {"image_height": config.image_height, "image_width": config.image_width,
                     "channels": config.channels}
 
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=str(schema_file))
+    schema_gen = ConfiguredSchemaGen(image_height=config.image_height,
+                                     image_width=config.image_width)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
@@ -98,31 +93,27 @@ def create_pipeline(
             "backup_root": os.path.join(pipeline_root, "_trainer_backup"),
         },
     )
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    served_model = ServedModel(model_base=model_base(config), cache_key=served_cache_key)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
+        baseline_model=served_model.outputs["model"],
         example_splits=["eval"],
         eval_config=eval_config(config.min_membrane_dice, config.max_dice_drop),
     )
+    evaluator.executor_spec = executor_spec.BeamExecutorSpec(BaselineEvaluatorExecutor)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(os.path.abspath(config.serving_dir),
-                                            config.model_name))),
+                base_directory=model_base(config))),
     )
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                    transform, trainer, model_resolver, evaluator, pusher],
+                    transform, trainer, served_model, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

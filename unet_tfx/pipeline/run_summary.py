@@ -75,7 +75,7 @@ def _outputs(store, execution_id: int) -> dict:
     return {types[a.type_id]: a for a in artifacts}
 
 
-def _eval_metrics(uri: str) -> tuple[dict, dict]:
+def eval_metrics(uri: str) -> tuple[dict, dict]:
     """Overall-slice metrics of the candidate, and their differences to the baseline."""
     result = tfma.load_eval_result(uri)
     _, slice_metrics = result.slicing_metrics[0]
@@ -101,7 +101,7 @@ def summarize_run(config, connection_config, started: float, error=None) -> RunS
                                        seconds))
         outputs = _outputs(store, execution.id)
         if "ModelEvaluation" in outputs:
-            metrics, diffs = _eval_metrics(outputs["ModelEvaluation"].uri)
+            metrics, diffs = eval_metrics(outputs["ModelEvaluation"].uri)
         if "ModelBlessing" in outputs:
             blessed = outputs["ModelBlessing"].custom_properties["blessed"].int_value == 1
         if "PushedModel" in outputs:

@@ -8,12 +8,21 @@ import tensorflow as tf
 from unet_tfx.trainer.export import PROBABILITIES
 
 
+def served_versions(model_base: str) -> list[int]:
+    """The numeric version folders under a TF Serving model base (`<base>/<model>`), ascending;
+    none when the base does not exist. TF Serving ignores every other name."""
+    if not tf.io.gfile.isdir(model_base):
+        return []
+    names = (d.strip("/") for d in tf.io.gfile.listdir(model_base))
+    return sorted(int(d) for d in names if d.isdigit())
+
+
 def latest_version(model_base: str) -> str:
     """The highest numeric version folder under a TF Serving model base (`<base>/<model>`)."""
-    versions = [d for d in tf.io.gfile.listdir(model_base) if d.strip("/").isdigit()]
+    versions = served_versions(model_base)
     if not versions:
         raise FileNotFoundError(f"{model_base}: no numeric version folders (TF Serving layout)")
-    return os.path.join(model_base, max(versions, key=lambda d: int(d.strip("/"))).strip("/"))
+    return os.path.join(model_base, str(versions[-1]))
 
 
 class LocalModel:

@@ -22,6 +22,9 @@ def build_unet(
 
     Down: 2x2 max-pooling. Up: 2x2 stride-2 Conv2DTranspose concatenated with the skip. Output:
     a 1x1 sigmoid map. Fully convolutional: H and W must be divisible by 2**depth.
+
+    Layers compute in the global mixed-precision policy's dtype (see `precision.py`), except the
+    output layer: `probabilities` always computes and returns float32.
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x, skips = inputs, []
@@ -36,7 +39,8 @@ def build_unet(
                                          name=f"up{level}_transpose")(x)
         x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = _double_conv(x, filters, f"up{level}")
-    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="probabilities")(x)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
+                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -44,13 +48,19 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
                  ema_momentum: float | None = None):
     """Compile with Adam and one of `LOSSES`; report Dice, membrane Dice and pixel accuracy.
 
-    With `ema_momentum`, fit() ends by replacing the weights with their moving average.
+    With `ema_momentum`, fit() ends by replacing the weights with their moving average. A model
+    built under the mixed_float16 policy gets a LossScaleOptimizer around Adam (dynamic loss
+    scaling); it steps the inner Adam, so its weight average, only on finite gradients.
+    The losses and metrics cast to float32 before they compute.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **ema)
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, **ema),
+        optimizer=optimizer,
         loss=LOSSES[loss],
         metrics=[dice_coef, MembraneDice(name="membrane_dice"),
                  PixelAccuracy(name="pixel_accuracy")],

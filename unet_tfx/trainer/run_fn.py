@@ -14,6 +14,7 @@ from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.dataset import eval_dataset, training_dataset
 from unet_tfx.trainer.export import export_serving_model
 from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.precision import global_precision, resolve_precision
 from unet_tfx.trainer.progress import ProgressLogger, plot_history
 
 log = logging.getLogger("unet_tfx.trainer")
@@ -39,9 +40,20 @@ def backup_dir(fn_args, custom_config: dict) -> str:
 
 
 def run_fn(fn_args) -> None:
-    """Train on Transform's output per `custom_config`, then export with the serving signatures."""
+    """Train on Transform's output per `custom_config`, then export with the serving signatures.
+
+    Under the mixed-precision policy `TrainingConfig.precision` resolves to on this machine.
+    """
+    cfg = TrainingConfig(**fn_args.custom_config["training"])
+    policy, reason = resolve_precision(cfg.precision)
+    log.info("precision: %s (%s)", policy, reason)
+    # The policy is process-global (the local runner trains in-process): float32 again after.
+    with global_precision(policy):
+        _train_and_export(fn_args, cfg)
+
+
+def _train_and_export(fn_args, cfg: TrainingConfig) -> None:
     custom_config = fn_args.custom_config
-    cfg = TrainingConfig(**custom_config["training"])
     channels = custom_config["channels"]
     keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
