@@ -164,8 +164,14 @@ def test_check_spec_refuses_what_only_vertex_runs(compiled):
                for p in kfp_local.check_spec(_edit(spec, add_resolver), "kubeflow"))
     old = _edit(spec, lambda d: d.update(schemaVersion="2.0.0"))
     assert any("schemaVersion" in p for p in kfp_local.check_spec(old, "kubeflow"))
-    vertex = kfp_local.load_spec(str(compiled["vertex", "test"]))
-    assert any("preCacheCheck" in p for p in kfp_local.check_spec(vertex, "kubeflow"))
+
+    def add_driver(document):
+        label = document["components"]["ImportExampleGen"]["executorLabel"]
+        document["deploymentSpec"]["executors"][label]["container"]["lifecycle"] = {
+            "preCacheCheck": {"command": ["python", "-m", "driver"], "args": ["{{$}}"]}}
+
+    assert any("preCacheCheck" in p
+               for p in kfp_local.check_spec(_edit(spec, add_driver), "kubeflow"))
 
 
 def test_check_spec_finds_broken_references_and_free_form_mistakes(compiled):

@@ -1,12 +1,12 @@
 """Conformance run: the compiled `kubeflow` spec (test profile), executed task by task as the
 open-source KFP backend would (`unet_tfx.pipeline.kfp_local`), each task's own container
 command in a subprocess, with the package installed as the image installs it (non-editable) and
-run from a folder outside the checkout. Two runs: the second sees new data and is judged
-against the model the first one pushed."""
+run from a folder outside the checkout. Two runs: span 1, then span 2, which the executor finds
+by itself (no driver runs), warm-starting from the model the first run pushed and judged
+against it."""
 
 import glob
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import json_format
 
+from unet_tfx.components.served_model import read_training_record
 from unet_tfx.config import BUNDLED_DATA, load_profile
 from unet_tfx.ingest import ingest
 from unet_tfx.pipeline import kfp_local
@@ -39,14 +40,18 @@ def cluster(tmp_path_factory):
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     workdir = root / "work"
     workdir.mkdir()
-    ingest(str(root / "examples"), images=str(BUNDLED_DATA / "image"),
-           masks=str(BUNDLED_DATA / "label"), eval_count=6)
+    _ingest_span(root / "examples")
     config = load_profile("test", examples_dir=str(root / "examples"),
                           pipeline_root=str(root / "root"), serving_dir=str(root / "serving"))
     spec_path = compile_pipeline(config, "registry.example/unet-tfx:test",
                                  str(root / "pipeline.yaml"), "kubeflow")
     return {"root": root, "image": image, "env": env, "workdir": workdir, "config": config,
             "spec": kfp_local.load_spec(spec_path)}
+
+
+def _ingest_span(examples):
+    ingest(str(examples), images=str(BUNDLED_DATA / "image"), masks=str(BUNDLED_DATA / "label"),
+           eval_count=6, span="next")
 
 
 def _run(cluster, run_id):
@@ -70,9 +75,7 @@ def first_run(cluster):
 
 @pytest.fixture(scope="module")
 def second_run(cluster, first_run):
-    # New data arrives between the runs: one more training shard under the same input_base.
-    train = sorted(glob.glob(os.path.join(cluster["config"].examples_dir, "train", "*.gz")))
-    shutil.copy(train[0], train[0].replace(".tfrecord.gz", "-new.tfrecord.gz"))
+    _ingest_span(cluster["config"].examples_dir)  # new data arrives between the runs
     return _run(cluster, "run-2")
 
 
@@ -95,22 +98,27 @@ def test_first_run_completes_every_task_and_pushes_a_model_that_answers(cluster,
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
-def _train_count(run):
+def _count(run, split):
     examples = run["ImportExampleGen"].outputs["examples"][0].uri
-    files = glob.glob(os.path.join(examples, "Split-train", "*"))
+    files = glob.glob(os.path.join(examples, f"Split-{split}", "*"))
     return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
 
 
-def test_second_run_reads_the_new_data_and_is_judged_against_the_served_model(
+def test_second_run_reads_the_new_span_and_is_judged_against_the_served_model(
         cluster, first_run, second_run):
     states = {n: r.state for n, r in second_run.items()}
     # KFP's cache rule: a task with constant inputs is reused ...
     assert states["ConfiguredSchemaGen"] == "CACHED"
     # ... but ExampleGen and ServedModel read what the spec does not name, and always run.
     assert states["ImportExampleGen"] == states["ServedModel"] == "COMPLETE"
-    assert _train_count(second_run) > _train_count(first_run) == 24
-    first_version = served_versions(_model_base(cluster))[0]
+    examples = [run["ImportExampleGen"].outputs["examples"][0] for run in (first_run, second_run)]
+    assert [_custom(e, "spans") for e in examples] == ["1", "2"]
+    assert _count(second_run, "train") == 24 and _count(second_run, "eval") == 6  # one span
+    first_version, *later = served_versions(_model_base(cluster))
     assert _custom(second_run["ServedModel"].outputs["model"][0], "served_version") == \
         first_version
     metrics, diffs = eval_metrics(second_run["Evaluator"].outputs["evaluation"][0].uri)
     assert "membrane_dice" in metrics and "membrane_dice" in diffs  # compared with the baseline
+    trained = second_run["Trainer"].outputs["model"][0].uri
+    record = read_training_record(os.path.join(trained, "Format-Serving"))
+    assert record["spans"] == [2] and record["warm_started_from"] == first_version

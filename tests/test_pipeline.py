@@ -82,16 +82,20 @@ def test_pushed_model_pads_and_crops_other_sizes(first_run):
     np.testing.assert_allclose(out[0], out[1])
 
 
-def test_second_run_reuses_unchanged_components(second_run, first_run):
+def test_second_run_reuses_unchanged_components_and_pushes_nothing(second_run, first_run,
+                                                                  config):
     assert second_run.succeeded, second_run.error
     states = {c.node: c.state for c in second_run.components}
-    for node in ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Transform", "Trainer"):
+    for node in ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Transform"):
         assert states[node] == "CACHED", states
-    # The first model is now the blessed baseline: the Evaluator compares against it.
+    # The served model (the first run's) is now the baseline: the Evaluator compares against it;
+    # the data is what it was trained on, so the Trainer keeps it and nothing new is pushed.
     assert states["Evaluator"] == "COMPLETE"
     assert second_run.metrics["membrane_dice"] == pytest.approx(
         first_run.metrics["membrane_dice"], abs=1e-6)
     assert second_run.baseline_compared
+    assert second_run.pushed_to is None
+    assert _versions(config) == [os.path.basename(first_run.pushed_to)]
 
 
 def test_unreachable_threshold_blesses_nothing_and_pushes_nothing(unreachable_run, config,

@@ -96,7 +96,8 @@ def test_run_fn_logs_the_policy_and_restores_float32_even_on_failure(monkeypatch
         raise RuntimeError("boom")
 
     monkeypatch.setattr(run_fn, "_train_and_export", fail)
-    fn_args = types.SimpleNamespace(custom_config={"training": {"precision": "mixed_bfloat16"}})
+    fn_args = types.SimpleNamespace(custom_config={"training": {"precision": "mixed_bfloat16"}},
+                                    hyperparameters=None)
     with caplog.at_level(logging.INFO, "unet_tfx.trainer"), pytest.raises(RuntimeError):
         run_fn.run_fn(fn_args)
     assert seen["policy"] == "mixed_bfloat16"

@@ -41,6 +41,17 @@ def _add_config_arguments(parser) -> None:
                         help="Trainer compute precision (default: auto = mixed_float16 on GPUs of "
                         "compute capability >= 7.0, mixed_bfloat16 on CPUs with native bfloat16, "
                         "else float32)")
+    retraining = parser.add_argument_group("retraining")
+    retraining.add_argument("--span-window", type=int, metavar="K",
+                            help="train on the newest K spans of --examples-dir (default: 1)")
+    retraining.add_argument("--eval-examples", metavar="DIR", help="the trusted eval set every "
+                            "model is judged on (default: the oldest span's eval split)")
+    retraining.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                            default=None, help="train from scratch, not from the served model")
+    retraining.add_argument("--force", action="store_true", default=None,
+                            help="train even when the served model was trained on these spans")
+    retraining.add_argument("--keep-versions", type=int, metavar="N",
+                            help="pushed versions to keep under the serving base (default: 3)")
 
 
 def _config(args):
@@ -48,7 +59,9 @@ def _config(args):
         args.profile, examples_dir=args.examples_dir, pipeline_root=args.pipeline_root,
         serving_dir=args.serving_dir, train_steps=args.train_steps,
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
-        precision=args.precision,
+        precision=args.precision, span_window=args.span_window,
+        eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
+        keep_versions=args.keep_versions,
     )
 
 
@@ -120,6 +133,33 @@ def _compile(args) -> int:
     return 0
 
 
+def _register_history(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "history", help="one line per local pipeline run, and a plot of the gated metric",
+        description="Read ML Metadata under --pipeline-root and print, per run: when, which "
+        "spans ExampleGen read, the gated metric and its change against the served model, "
+        "blessed or not, the version pushed. Writes history.png beside the metadata.")
+    parser.add_argument("--pipeline-root", default="out/tfx", help="default: out/tfx")
+    parser.set_defaults(func=_history)
+
+
+def _history(args) -> int:
+    from unet_tfx.config import PipelineConfig
+    from unet_tfx.pipeline.history import format_history, plot_history, read_history
+    from unet_tfx.pipeline.local_runner import metadata_path
+
+    try:
+        runs = read_history(metadata_path(PipelineConfig(pipeline_root=args.pipeline_root)))
+    except FileNotFoundError as error:
+        print(f"unet-tfx history: {error}", file=sys.stderr)
+        return 2
+    print(format_history(runs))
+    picture = os.path.join(args.pipeline_root, "history.png")
+    plot_history(runs, picture)
+    print(f"plot: {picture}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unet_tfx.ingest.command import register as register_ingest
     from unet_tfx.pipeline.submit import register as register_submit
@@ -134,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_run(subparsers)
     _register_compile(subparsers)
     register_submit(subparsers)
+    _register_history(subparsers)
     register_predict(subparsers)
     return parser
 

@@ -16,6 +16,10 @@ examples:
   unet-tfx ingest --image-stack train-volume.tif --mask-stack train-labels.tif \\
       --output out/isbi --eval-count 6
 
+  # new labelled data for scheduled retraining: out/examples/span-2, span-3, ...
+  unet-tfx ingest --images new/image --masks new/label --output out/examples \\
+      --eval-count 2 --span next
+
   # unlabeled images, for inference
   unet-tfx ingest --images data/membrane/test --output out/test-examples
 
@@ -55,6 +59,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="expected image channels: 1 gray, 3 RGB, ... (default: 1)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help="reject images with more pixels (default: %(default)s = 4096*4096)")
+    parser.add_argument("--span", metavar="N|next",
+                        help="add the data as OUTPUT/span-N (next: one past the newest span) "
+                        "beside the spans already there; an existing span needs --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output folder (only once the new one is done)")
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -74,7 +81,8 @@ def run_command(args: argparse.Namespace) -> int:
         ingest(args.output, images=args.images, masks=args.masks, image_stack=args.image_stack,
                mask_stack=args.mask_stack, eval_count=args.eval_count,
                num_shards=args.num_shards, channels=args.channels, max_pixels=args.max_pixels,
-               overwrite=args.overwrite, beam_args=args.beam_flags + args.beam_args)
+               overwrite=args.overwrite, beam_args=args.beam_flags + args.beam_args,
+               span=args.span)
     except IngestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

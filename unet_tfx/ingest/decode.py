@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from unet_tfx.imaging import ImageRefused, check_image_size
 from unet_tfx.ingest.errors import IngestError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -108,7 +109,9 @@ def _format(img: Image.Image) -> str:
 
 
 def _check_pixels(img: Image.Image, name: str, max_pixels: int) -> None:
-    if img.width * img.height > max_pixels:
-        raise IngestError(f"{name}: {img.height}x{img.width} (height x width) is "
-                          f"{img.width * img.height} pixels: expected at most {max_pixels} "
-                          "(see max_pixels)")
+    """The size rules serving applies too (`unet_tfx.imaging`), on the size PIL read from the
+    header: a decompression bomb is refused before any pixel is decoded."""
+    try:
+        check_image_size(img.height, img.width, name=name, max_pixels=max_pixels)
+    except ImageRefused as exc:
+        raise IngestError(str(exc)) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 from unet_tfx.ingest import beam_pipeline, sources, staging
 from unet_tfx.ingest.decode import DEFAULT_MAX_PIXELS
 from unet_tfx.ingest.errors import IngestError
+from unet_tfx.ingest.spans import choose_span, span_dir
 
 MANIFEST = "ingest.json"
 log = logging.getLogger("unet_tfx.ingest")
@@ -28,14 +29,15 @@ class IngestSummary:
 def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None,
            eval_count: int = 0, num_shards: int = 0, channels: int = 1,
            max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False,
-           beam_args: list[str] | None = None) -> IngestSummary:
+           beam_args: list[str] | None = None, span: int | str | None = None) -> IngestSummary:
     """Write image/mask pairs (or unlabeled images) as sharded GZIP TFRecords of tf.Examples.
 
     Sources: `images` and optional `masks` folders (PNG/TIFF paired by file stem), or an
     `image_stack` and optional `mask_stack` (multi-page TIFFs paired by page). With `eval_count`
     N > 0, N examples spread evenly over the id-sorted list go to <output>/eval/ and the rest to
-    <output>/train/; otherwise all shards go into <output>/. Raises IngestError for bad input,
-    leaving nothing behind at `output`.
+    <output>/train/; otherwise all shards go into <output>/. With `span` (a number or "next"),
+    all of that goes into <output>/span-N/ beside the spans already there. Raises IngestError
+    for bad input, leaving nothing behind at `output`.
     """
     started = time.monotonic()
     if num_shards < 0:
@@ -47,6 +49,8 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     refs = sources.find_sources(images, masks, image_stack, mask_stack)
     splits = sources.split_eval(refs, eval_count)
     destination = Path(output)
+    if span is not None:
+        destination = Path(span_dir(output, choose_span(output, span)))
     log.info("ingesting %d examples (%s) into %s", len(refs), _counts(splits), destination)
     with staging.staged(destination, overwrite) as tmp_dir:
         size = beam_pipeline.run(splits, tmp_dir, num_shards=num_shards, channels=channels,

@@ -2,7 +2,8 @@
 
 - `kubeflow`: a bare PipelineSpec in YAML, schema 2.1.0: what the open-source KFP 2 API server
   accepts. Its backend runs container and importer executors only, never TFX's `preCacheCheck`
-  driver, so the spec holds neither resolvers nor driver hooks.
+  driver, so the spec holds neither resolvers nor driver hooks (ExampleGen's executor resolves
+  spans itself, on both targets).
 - `vertex`: the PipelineJob JSON that Vertex AI Pipelines submits.
 
 Every task runs in the given image. Steps that read what the spec does not name (new files under
@@ -65,8 +66,9 @@ def resource_spec(config: PipelineConfig, task: str, target: str) -> ResourceSpe
 
 
 def _apply_target_rules(spec: dict, config: PipelineConfig, target: str) -> None:
-    """Caching off where the key cannot see new data, resources per task, and (kubeflow) no
-    driver hooks, which no open-source backend component runs."""
+    """Caching off where the key cannot see new data, resources per task, and no ExampleGen
+    driver hook: no open-source KFP backend component runs it, and the span-aware executor
+    resolves spans itself on every target."""
     tasks = spec["root"]["dag"]["tasks"]
     for name in UNCACHED_TASKS:
         tasks[name]["cachingOptions"] = {"enableCache": False}
@@ -77,8 +79,7 @@ def _apply_target_rules(spec: dict, config: PipelineConfig, target: str) -> None
         resources = resource_spec(config, name, target)
         if resources is not None:
             container["resources"] = json_format.MessageToDict(resources)
-        if target == "kubeflow":
-            container.pop("lifecycle", None)
+        container.pop("lifecycle", None)
 
 
 def compile_pipeline(config: PipelineConfig, image: str, output_file: str,

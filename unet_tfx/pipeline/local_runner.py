@@ -62,4 +62,4 @@ def run_local(config: PipelineConfig, beam_workers: int = 1) -> RunSummary:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as exc:  # the summary says which component failed and why
         error = exc
-    return summarize_run(config, connection, started, error)
+    return summarize_run(connection, started, error)

@@ -10,13 +10,18 @@ import dataclasses
 import os
 
 from tfx import v1 as tfx
+from tfx.components import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 
 from unet_tfx.components.anomalies_gate import AnomaliesGate
 from unet_tfx.components.evaluation import eval_config
+from unet_tfx.components.example_gen import SpanImportExecutor
+from unet_tfx.components.example_gen import custom_config as example_gen_config
+from unet_tfx.components.pusher import ServingPusher
 from unet_tfx.components.schema import ConfiguredSchemaGen
 from unet_tfx.components.served_model import BaselineEvaluatorExecutor, ServedModel
 from unet_tfx.config import PipelineConfig, resolve_uri
+from unet_tfx.ingest.spans import list_spans
 
 PREPROCESSING_FN = "unet_tfx.components.transform.preprocessing_fn"
 RUN_FN = "unet_tfx.trainer.run_fn.run_fn"
@@ -30,13 +35,19 @@ def model_base(config: PipelineConfig) -> str:
 def _example_gen(config: PipelineConfig):
     input_base = resolve_uri(config.examples_dir)
     if config.split == "folders":
-        return tfx.components.ImportExampleGen(
+        # The executor picks the spans when it runs; these patterns only let TFX's local driver
+        # fingerprint every file that may be read (a new span means a new fingerprint).
+        spans = "span-*/" if "://" not in input_base and list_spans(input_base) else ""
+        return FileBasedExampleGen(
             input_base=input_base,
             input_config=tfx.proto.Input(splits=[
-                tfx.proto.Input.Split(name="train", pattern="train/*.tfrecord.gz"),
-                tfx.proto.Input.Split(name="eval", pattern="eval/*.tfrecord.gz"),
-            ]),
-        )
+                tfx.proto.Input.Split(name=split, pattern=f"{spans}{split}/*.tfrecord.gz")
+                for split in ("train", "eval")]),
+            custom_config=example_gen_config(config.span_window,
+                                             resolve_uri(config.eval_examples)
+                                             if config.eval_examples else ""),
+            custom_executor_spec=executor_spec.BeamExecutorSpec(SpanImportExecutor),
+        ).with_id("ImportExampleGen")
     if config.split == "hash":
         train, evaluation = config.hash_buckets
         return tfx.components.ImportExampleGen(
@@ -80,20 +91,25 @@ def create_pipeline(
         custom_config=image_config,
     )
     transform.add_upstream_node(anomalies_gate)
+    served_model = ServedModel(examples=example_gen.outputs["examples"],
+                               model_base=model_base(config), warm_start=int(config.warm_start),
+                               force=int(config.force), cache_key=served_cache_key)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
+        base_model=served_model.outputs["model"],
+        hyperparameters=served_model.outputs["plan"],
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(),
         custom_config={
             **image_config,
             "training": dataclasses.asdict(config.training),
+            "serving_limits": dataclasses.asdict(config.serving_limits),
             "backup_root": os.path.join(pipeline_root, "_trainer_backup"),
         },
     )
-    served_model = ServedModel(model_base=model_base(config), cache_key=served_cache_key)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -102,18 +118,15 @@ def create_pipeline(
         eval_config=eval_config(config.min_membrane_dice, config.max_dice_drop),
     )
     evaluator.executor_spec = executor_spec.BeamExecutorSpec(BaselineEvaluatorExecutor)
-    pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=model_base(config))),
-    )
+    pusher = ServingPusher(model=trainer.outputs["model"],
+                           model_blessing=evaluator.outputs["blessing"],
+                           model_base=model_base(config), keep_versions=config.keep_versions
+                           ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                    transform, trainer, served_model, evaluator, pusher],
+                    served_model, transform, trainer, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

@@ -29,6 +29,8 @@ class RunSummary:
     pushed_to: str | None
     wall_seconds: float
     error: BaseException | None = None
+    spans: list = dataclasses.field(default_factory=list)  # the spans ExampleGen read
+    started: float = 0.0  # seconds since the epoch
 
     @property
     def succeeded(self) -> bool:
@@ -45,6 +47,8 @@ class RunSummary:
             diff = self.baseline_diffs.get(name)
             versus = f"  ({diff:+.4f} vs last blessed)" if diff is not None else ""
             lines.append(f"{name}: {value:.4f}{versus}")
+        if self.spans:
+            lines.append(f"spans: {', '.join(map(str, self.spans))}")
         lines.append(f"blessed: {self.blessed}")
         lines.append(f"pushed to: {self.pushed_to or 'nothing pushed'}")
         lines.append(f"wall time: {self.wall_seconds:.0f} s")
@@ -53,9 +57,10 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _latest_run(store) -> metadata_store_pb2.Context | None:
-    runs = store.get_contexts_by_type("pipeline_run")
-    return max(runs, key=lambda c: c.create_time_since_epoch) if runs else None
+def pipeline_runs(store) -> list:
+    """The pipeline_run contexts of the store, oldest first."""
+    return sorted(store.get_contexts_by_type("pipeline_run"),
+                  key=lambda c: c.create_time_since_epoch)
 
 
 def _node_name(store, execution_id: int, node_type_id: int) -> str:
@@ -87,19 +92,29 @@ def eval_metrics(uri: str) -> tuple[dict, dict]:
     return metrics, diffs
 
 
-def summarize_run(config, connection_config, started: float, error=None) -> RunSummary:
+def summarize_run(connection_config, started: float, error=None) -> RunSummary:
     """Summarize the latest run recorded in the MLMD store of `connection_config`."""
     store = metadata_store.MetadataStore(connection_config)
-    run = _latest_run(store)
-    components, metrics, diffs, blessed, pushed_to = [], {}, {}, None, None
+    runs = pipeline_runs(store)
+    summary = summarize(store, runs[-1]) if runs else RunSummary([], {}, {}, None, None, 0.0)
+    return dataclasses.replace(summary, wall_seconds=time.time() - started, error=error)
+
+
+def summarize(store, run) -> RunSummary:
+    """What the pipeline run `run` (an MLMD context) did, from its executions' outputs."""
+    components, metrics, diffs, blessed, pushed_to, spans = [], {}, {}, None, None, []
     node_type = store.get_context_type("node")
-    executions = store.get_executions_by_context(run.id) if run else []
-    for execution in sorted(executions, key=lambda e: e.create_time_since_epoch):
+    executions = sorted(store.get_executions_by_context(run.id),
+                        key=lambda e: e.create_time_since_epoch)
+    for execution in executions:
         node = _node_name(store, execution.id, node_type.id)
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
         components.append(ComponentRun(node, STATE_NAMES.get(execution.last_known_state, "?"),
                                        seconds))
         outputs = _outputs(store, execution.id)
+        if "Examples" in outputs and node == "ImportExampleGen":
+            text = outputs["Examples"].custom_properties["spans"].string_value
+            spans = [int(s) for s in text.split(",")] if text else []
         if "ModelEvaluation" in outputs:
             metrics, diffs = eval_metrics(outputs["ModelEvaluation"].uri)
         if "ModelBlessing" in outputs:
@@ -108,4 +123,7 @@ def summarize_run(config, connection_config, started: float, error=None) -> RunS
             props = outputs["PushedModel"].custom_properties
             if props["pushed"].int_value == 1:
                 pushed_to = props["pushed_destination"].string_value
-    return RunSummary(components, metrics, diffs, blessed, pushed_to, time.time() - started, error)
+    wall = (executions[-1].last_update_time_since_epoch - run.create_time_since_epoch) / 1e3 \
+        if executions else 0.0
+    return RunSummary(components, metrics, diffs, blessed, pushed_to, wall, spans=spans,
+                      started=run.create_time_since_epoch / 1e3)

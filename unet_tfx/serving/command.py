@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,42 @@ def _segmenter(args):
     return LocalModel(model_dir)
 
 
+def _limits(args):
+    """The limits the model was exported with (--model-dir), else the defaults it is exported
+    with (--server: the server's model folder is not at hand)."""
+    from unet_tfx.config import ServingLimits
+
+    if args.server:
+        return ServingLimits()
+    from unet_tfx.serving.local_model import latest_version
+    from unet_tfx.trainer.export import read_serving_limits
+
+    model_dir = args.model_dir
+    if not os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+        model_dir = latest_version(model_dir)
+    return read_serving_limits(model_dir) or ServingLimits()
+
+
+def check_images(names: list[str], limits) -> None:
+    """ImageRefused, naming the file and the limit, for the first image the model would refuse:
+    read from its header (and file size), before anything is sent or decoded."""
+    from unet_tfx.imaging import TOO_MANY_BYTES, ImageRefused, check_encoded_image
+
+    for name in names:
+        size = os.path.getsize(name)
+        if size > limits.max_request_bytes:  # not even read
+            raise ImageRefused(TOO_MANY_BYTES.format(name, size, limits.max_request_bytes))
+        check_encoded_image(Path(name).read_bytes(), limits, name)
+
+
 def run_command(args) -> int:
+    from unet_tfx.imaging import ImageRefused
+
+    try:
+        check_images(args.images, _limits(args))
+    except ImageRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     segmenter = _segmenter(args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """tf.data input from Transform's output: random augmented patches for training, whole images
-for evaluation."""
+for evaluation.
+
+Both batch by the global batch, the per-replica batch size times the strategy's replicas, and
+are sharded by element across workers under MultiWorkerMirroredStrategy (see `shard_by_data`).
+"""
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -28,6 +32,19 @@ def image_mask_pairs(patterns: list[str], tf_transform_output: tft.TFTransformOu
     return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Under MultiWorkerMirroredStrategy, each worker keeps its share of the elements (DATA).
+
+    Transform writes one file per split, so the default FILE-then-DATA auto-sharding has no
+    files to split between workers. Every worker builds the same seeded stream and keeps its
+    part of each global batch.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
+
+
 def _augment(image, mask, patch_size: int, flip: bool, seed: tf.Tensor):
     """A random patch_size² crop of image and mask together, plus flips and 90° turns."""
     both = tf.concat([image, mask], axis=-1)
@@ -42,8 +59,9 @@ def _augment(image, mask, patch_size: int, flip: bool, seed: tf.Tensor):
     return both[..., :-1], both[..., -1:]
 
 
-def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented patch batches."""
+def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
+                     replicas: int = 1) -> tf.data.Dataset:
+    """An endless stream of shuffled, augmented patch batches of `cfg.batch_size` per replica."""
     pairs = image_mask_pairs(patterns, tf_transform_output).cache().repeat()
     pairs = pairs.shuffle(64, seed=cfg.seed)
     seeds = tf.data.Dataset.random(seed=cfg.seed).batch(2)
@@ -51,10 +69,12 @@ def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig) -> tf.d
         lambda pair, seed: _augment(*pair, cfg.patch_size, cfg.augment, seed),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    return patches.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    batches = patches.batch(cfg.batch_size * replicas, drop_remainder=True)
+    return shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
 
 
-def eval_dataset(patterns, tf_transform_output, cfg: TrainingConfig) -> tf.data.Dataset:
-    """Whole images, each seen once per pass."""
+def eval_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
+                 replicas: int = 1) -> tf.data.Dataset:
+    """Whole images, each seen once per pass, `cfg.eval_batch_size` per replica."""
     pairs = image_mask_pairs(patterns, tf_transform_output).cache()
-    return pairs.batch(cfg.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(pairs.batch(cfg.eval_batch_size * replicas).prefetch(tf.data.AUTOTUNE))

@@ -1,7 +1,10 @@
 """The classic U-Net builder (Ronneberger et al. 2015, as in the seed)."""
 
+import logging
+
 import tf_keras as keras
 
+from unet_tfx.trainer.distribution import resolve_jit_compile
 from unet_tfx.trainer.losses import LOSSES, dice_coef
 from unet_tfx.trainer.metrics import MembraneDice, PixelAccuracy
 
@@ -45,13 +48,14 @@ def build_unet(
 
 
 def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3,
-                 ema_momentum: float | None = None):
+                 ema_momentum: float | None = None, jit_compile: bool | str = False):
     """Compile with Adam and one of `LOSSES`; report Dice, membrane Dice and pixel accuracy.
 
     With `ema_momentum`, fit() ends by replacing the weights with their moving average. A model
     built under the mixed_float16 policy gets a LossScaleOptimizer around Adam (dynamic loss
     scaling); it steps the inner Adam, so its weight average, only on finite gradients.
-    The losses and metrics cast to float32 before they compute.
+    The losses and metrics cast to float32 before they compute. `jit_compile` compiles the
+    train and eval steps with XLA: a bool, or one of "auto" (on with a GPU), "on", "off".
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
@@ -59,10 +63,15 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **ema)
     if model.dtype_policy.name == "mixed_float16":
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    if isinstance(jit_compile, str):
+        jit_compile, reason = resolve_jit_compile(jit_compile)
+        logging.getLogger("unet_tfx.trainer").info("XLA: %s (%s)", "on" if jit_compile else "off",
+                                                   reason)
     model.compile(
         optimizer=optimizer,
         loss=LOSSES[loss],
         metrics=[dice_coef, MembraneDice(name="membrane_dice"),
                  PixelAccuracy(name="pixel_accuracy")],
+        jit_compile=jit_compile,
     )
     return model

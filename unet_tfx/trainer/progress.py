@@ -1,5 +1,6 @@
 """Training feedback for people: periodic progress lines and a training-curve picture."""
 
+import io
 import logging
 import time
 
@@ -50,6 +51,19 @@ def plot_history(history: dict, path: str) -> None:
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as a PNG at `path` (local or a URI) via a temporary file, then
+    close it."""
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
+    with tf.io.gfile.GFile(f"{path}.partial", "wb") as f:
+        f.write(buffer.getvalue())
+    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)

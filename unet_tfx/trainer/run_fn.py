@@ -12,20 +12,14 @@ import tf_keras as keras
 
 from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.dataset import eval_dataset, training_dataset
+from unet_tfx.trainer.distribution import choose_strategy, is_chief, save_on_chief
 from unet_tfx.trainer.export import export_serving_model
 from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.plan import keep_served_model, read_plan, warm_start, write_training_record
 from unet_tfx.trainer.precision import global_precision, resolve_precision
 from unet_tfx.trainer.progress import ProgressLogger, plot_history
 
 log = logging.getLogger("unet_tfx.trainer")
-
-
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over the local GPUs when there are several, else the default."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def backup_dir(fn_args, custom_config: dict) -> str:
@@ -45,44 +39,61 @@ def run_fn(fn_args) -> None:
     Under the mixed-precision policy `TrainingConfig.precision` resolves to on this machine.
     """
     cfg = TrainingConfig(**fn_args.custom_config["training"])
+    plan = read_plan(fn_args)
+    if keep_served_model(fn_args, plan):
+        return
     policy, reason = resolve_precision(cfg.precision)
     log.info("precision: %s (%s)", policy, reason)
     # The policy is process-global (the local runner trains in-process): float32 again after.
     with global_precision(policy):
-        _train_and_export(fn_args, cfg)
+        _train_and_export(fn_args, cfg, plan)
 
 
-def _train_and_export(fn_args, cfg: TrainingConfig) -> None:
+def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     custom_config = fn_args.custom_config
     channels = custom_config["channels"]
+    # First: MultiWorkerMirroredStrategy must set up before TensorFlow's runtime starts.
+    strategy = choose_strategy()
+    replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    with distribution_strategy().scope():
-        model = compile_unet(
-            build_unet((None, None, channels), cfg.base_filters, cfg.depth),
-            loss=cfg.loss, learning_rate=cfg.learning_rate, ema_momentum=cfg.ema_momentum,
-        )
+    with strategy.scope():
+        model = build_unet((None, None, channels), cfg.base_filters, cfg.depth)
+        started_from = warm_start(model, fn_args, plan)  # before the optimizer exists
+        compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
+                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
     train_steps = fn_args.train_steps
     epochs = math.ceil(train_steps / cfg.steps_per_epoch)
-    log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d",
-             f"{model.count_params():,}", train_steps, epochs, cfg.steps_per_epoch,
-             cfg.patch_size, cfg.batch_size)
+    log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d "
+             "(%d per replica x %d replicas)", f"{model.count_params():,}", train_steps, epochs,
+             cfg.steps_per_epoch, cfg.patch_size, cfg.batch_size * replicas, cfg.batch_size,
+             replicas)
+    chief = is_chief()  # only the chief writes logs, curves, history and the model
     history = model.fit(
-        training_dataset(fn_args.train_files, tf_transform_output, cfg),
+        training_dataset(fn_args.train_files, tf_transform_output, cfg, replicas),
         steps_per_epoch=cfg.steps_per_epoch,
         epochs=epochs,
-        validation_data=eval_dataset(fn_args.eval_files, tf_transform_output, cfg),
+        validation_data=eval_dataset(fn_args.eval_files, tf_transform_output, cfg, replicas),
         validation_steps=fn_args.eval_steps or None,
         callbacks=[
-            keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+            *([keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")]
+              if chief else []),
             keras.callbacks.BackupAndRestore(backup_dir(fn_args, custom_config)),
-            ProgressLogger(epochs * cfg.steps_per_epoch, cfg.batch_size),
+            ProgressLogger(epochs * cfg.steps_per_epoch, cfg.batch_size * replicas),
         ],
         verbose=0,
     )
-    tf.io.gfile.makedirs(fn_args.model_run_dir)
-    plot_history(history.history, os.path.join(fn_args.model_run_dir, "training_curves.png"))
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-        json.dump(history.history, f, indent=1)
-    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, channels, cfg.depth)
+    if chief:
+        tf.io.gfile.makedirs(fn_args.model_run_dir)
+        plot_history(history.history, os.path.join(fn_args.model_run_dir, "training_curves.png"))
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
+            json.dump(history.history, f, indent=1)
+    # Every worker saves (Keras's multi-worker rule); only the chief's copy is kept.
+    save_on_chief(lambda directory: export_serving_model(
+        model, tf_transform_output, directory, channels, cfg.depth,
+        limits=custom_config["serving_limits"]),
+        fn_args.serving_model_dir, strategy)
+    if chief:
+        write_training_record(fn_args.serving_model_dir, plan, started_from,
+                              fn_args.custom_config["training"])
