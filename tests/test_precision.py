@@ -91,7 +91,7 @@ def test_cli_passes_precision_to_the_training_config():
 def test_run_fn_logs_the_policy_and_restores_float32_even_on_failure(monkeypatch, caplog):
     seen = {}
 
-    def fail(fn_args, cfg):
+    def fail(fn_args, cfg, plan):
         seen["policy"] = keras.mixed_precision.global_policy().name
         raise RuntimeError("boom")
 
