@@ -189,3 +189,35 @@ def test_check_spec_finds_broken_references_and_free_form_mistakes(compiled):
                for p in kfp_local.check_spec(_edit(spec, break_reference), "kubeflow"))
     assert any("deploymentSpec" in p
                for p in kfp_local.check_spec(_edit(spec, misspell_deployment), "kubeflow"))
+
+
+def test_vertex_training_runs_the_trainer_as_a_custom_job_with_worker_pools(tmp_path):
+    path = _compile(tmp_path, "vertex", "full", "--trainer", "vertex-training", "--project",
+                    "acme", "--region", "europe-west4", "--vertex-workers", "2")
+    spec = kfp_local.load_spec(str(path))
+    task = spec.root.dag.tasks["Trainer"]
+    container = kfp_local._executors(spec)[
+        spec.components[task.component_ref.name].executor_label].container
+    assert "tfx.extensions.google_cloud_ai_platform.trainer.executor" in " ".join(container.args)
+    custom = json.loads(task.inputs.parameters["custom_config"].runtime_value.constant
+                        .string_value)
+    assert custom["ai_platform_enable_vertex"] is True
+    assert custom["ai_platform_vertex_region"] == "europe-west4"
+    args = custom["ai_platform_training_args"]
+    assert args["project"] == "acme"
+    pools = args["job_spec"]["worker_pool_specs"]
+    assert [p["replica_count"] for p in pools] == [1, 2]  # the chief, then 2 workers
+    for pool in pools:
+        assert pool["container_spec"]["image_uri"] == IMAGE
+        assert pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4"
+        assert pool["machine_spec"]["accelerator_count"] == 1
+    assert custom["training"]["batch_size"] == PROFILES["full"].training.batch_size
+
+
+def test_vertex_training_needs_the_vertex_target_and_a_project(tmp_path, capsys):
+    for extra, expected in ((["--target", "kubeflow"], "--target vertex"),
+                            (["--target", "vertex"], "--project")):
+        code = main(["compile", "--image", IMAGE, "--profile", "test", *LOCATIONS,
+                     "--output", str(tmp_path / "spec"), "--trainer", "vertex-training", *extra])
+        assert code == 2
+        assert expected in capsys.readouterr().err

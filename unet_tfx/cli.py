@@ -111,11 +111,20 @@ def _register_compile(subparsers) -> None:
     resources.add_argument("--beam-cpus", type=float, help="CPU limit of the Beam components")
     resources.add_argument("--beam-memory-gb", type=float,
                            help="memory limit of the Beam components, GiB")
+    vertex = parser.add_argument_group("Vertex AI training (--target vertex)")
+    vertex.add_argument("--trainer", default="pipeline", choices=("pipeline", "vertex-training"),
+                        help="vertex-training: the Trainer runs as a Vertex AI custom job")
+    vertex.add_argument("--project", default="", help="Google Cloud project of the custom job")
+    vertex.add_argument("--region", default="", help="region of the custom job")
+    vertex.add_argument("--vertex-machine-type", help="machine of each worker pool "
+                        "(default: g2-standard-8, with --trainer-gpus NVIDIA_L4)")
+    vertex.add_argument("--vertex-workers", type=int,
+                        help="workers beside the chief: MultiWorkerMirroredStrategy (default 0)")
     parser.set_defaults(func=_compile)
 
 
 RESOURCE_FIELDS = ("trainer_cpus", "trainer_memory_gb", "trainer_gpus", "trainer_gpu_type",
-                   "beam_cpus", "beam_memory_gb")
+                   "beam_cpus", "beam_memory_gb", "vertex_machine_type", "vertex_workers")
 
 
 def _compile(args) -> int:
@@ -125,7 +134,8 @@ def _compile(args) -> int:
         k: getattr(args, k) for k in RESOURCE_FIELDS if getattr(args, k) is not None})
     output = args.output or f"unet_tfx_pipeline{SUFFIXES[args.target]}"
     try:
-        compile_pipeline(config, args.image, output, args.target)
+        compile_pipeline(config, args.image, output, args.target, args.trainer, args.project,
+                         args.region)
     except ValueError as error:
         print(f"unet-tfx compile: {error}", file=sys.stderr)
         return 2

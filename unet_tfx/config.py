@@ -42,6 +42,14 @@ class TrainingConfig:
     # XLA compilation of the train/eval steps: "auto" is on when there is a GPU, off on CPUs
     # (XLA's CPU backend bypasses oneDNN: 0.57x float32 training speed measured on 2 cores).
     jit_compile: str = "auto"
+    # BackupAndRestore saves the training state every N steps (0: at the end of each epoch only),
+    # so a killed Trainer resumes at most N steps back. The seed model's state is about 4x its
+    # 31 MB of weights (weights, Adam's two moments, the EMA) per save.
+    backup_every_steps: int = 25
+    # Each Trainer input (training, eval) is cached in memory when its parsed examples fit this
+    # many MiB (512² float32 image + mask: 2 MiB each, so ~1,000 examples), else streamed from
+    # Transform's shards with a bounded shuffle buffer (unet_tfx/trainer/dataset.py).
+    cache_budget_mb: float = 2048
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -50,6 +58,10 @@ class TrainingConfig:
         if self.jit_compile not in JIT_COMPILE_MODES:
             raise ValueError(f"TrainingConfig.jit_compile must be one of "
                              f"{', '.join(JIT_COMPILE_MODES)}; got {self.jit_compile!r}")
+        if isinstance(self.backup_every_steps, bool) or not isinstance(
+                self.backup_every_steps, int) or self.backup_every_steps < 0:
+            raise ValueError("TrainingConfig.backup_every_steps must be an integer >= 0 (0: per "
+                             f"epoch); got {self.backup_every_steps!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +85,12 @@ class ServingLimits:
     max_side: int = 4096
     max_batch: int = 16
     max_request_bytes: int = 40 * 1024 * 1024
+    # Tiling (unet_tfx/trainer/tiling.py): images with a side above tile_size (after padding to
+    # a multiple of 2**depth) are segmented in tile_size² tiles overlapping by tile_overlap,
+    # Gaussian-blended, tile_batch tiles per model call. Both multiples of 2**depth.
+    tile_size: int = 512
+    tile_overlap: int = 64
+    tile_batch: int = 4
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -80,6 +98,9 @@ class ServingLimits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingLimits.{field.name} must be a positive integer; "
                                  f"got {value!r}")
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(f"ServingLimits.tile_overlap ({self.tile_overlap}) must be below "
+                             f"tile_size ({self.tile_size})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +133,10 @@ class PipelineConfig:
     trainer_gpu_type: str = "NVIDIA_L4"
     beam_cpus: float = 0
     beam_memory_gb: float = 0
+    # `compile --target vertex --trainer vertex-training`: the custom job's worker pools (the
+    # chief, plus `vertex_workers` more replicas of the same machine).
+    vertex_machine_type: str = "g2-standard-8"
+    vertex_workers: int = 0
     # Retraining: the train split reads the newest `span_window` spans of `examples_dir`; the
     # eval split (Transform, Trainer validation, Evaluator) always reads the trusted eval set,
     # `eval_examples` (a folder of TFRecords) or by default the oldest span's eval split.
@@ -137,7 +162,7 @@ PROFILES = {
     # A tiny model for a few steps: the whole graph in a few minutes on 2 cores.
     "test": PipelineConfig().replace(
         base_filters=4, patch_size=64, batch_size=2, train_steps=6, steps_per_epoch=3,
-        augment=False, ema_momentum=None, min_membrane_dice=0.0,
+        backup_every_steps=3, augment=False, ema_momentum=None, min_membrane_dice=0.0,
     ),
     # The seed model on CPU, sized for under 20 minutes on 2 cores. Batch 2 makes twice the
     # optimizer steps of batch 4 in the same time, and learns the membrane faster here.
@@ -145,6 +170,7 @@ PROFILES = {
     # The seed model on GPU workers.
     "full": PipelineConfig().replace(
         batch_size=16, train_steps=5000, steps_per_epoch=250, eval_batch_size=6,
+        backup_every_steps=250,  # ~125 MB to gs:// per backup: once per epoch of fast GPU steps
         min_membrane_dice=0.80, trainer_cpus=8, trainer_memory_gb=32, trainer_gpus=1,
         beam_cpus=4, beam_memory_gb=16,
     ),

@@ -24,6 +24,7 @@ from unet_tfx.pipeline.pipeline import create_pipeline
 
 SUFFIXES = {"kubeflow": ".yaml", "vertex": ".json"}
 UNCACHED_TASKS = ("ImportExampleGen", "ServedModel")
+TRAINER_BACKENDS = ("pipeline", "vertex-training")
 BEAM_TASKS = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
 TRAINER_TASK = "Trainer"
 # Open-source KFP schedules GPUs as the Kubernetes extended resource; Vertex names the model.
@@ -82,13 +83,40 @@ def _apply_target_rules(spec: dict, config: PipelineConfig, target: str) -> None
         container.pop("lifecycle", None)
 
 
+def vertex_training_config(config: PipelineConfig, image: str, project: str,
+                           region: str) -> dict:
+    """custom_config for TFX's google_cloud_ai_platform Trainer: a Vertex AI custom job whose
+    worker pools (a chief, and `vertex_workers` more) come from the config. Several replicas
+    give the Trainer a TF_CONFIG, so it trains with MultiWorkerMirroredStrategy."""
+    if not (project and region):
+        raise ValueError("--trainer vertex-training needs --project and --region")
+    machine = {"machine_type": config.vertex_machine_type}
+    if config.trainer_gpus:
+        machine.update(accelerator_type=config.trainer_gpu_type,
+                       accelerator_count=config.trainer_gpus)
+    pools = [{"machine_spec": machine, "replica_count": count, "container_spec": {
+        "image_uri": image}} for count in (1, config.vertex_workers) if count]
+    ext = tfx.extensions.google_cloud_ai_platform
+    return {ext.ENABLE_VERTEX_KEY: True, ext.VERTEX_REGION_KEY: region,
+            ext.TRAINING_ARGS_KEY: {"project": project,
+                                    "job_spec": {"worker_pool_specs": pools}}}
+
+
 def compile_pipeline(config: PipelineConfig, image: str, output_file: str,
-                     target: str = "kubeflow") -> str:
-    """Write the pipeline for `target` to `output_file` (atomically) with every task in `image`."""
+                     target: str = "kubeflow", trainer: str = "pipeline", project: str = "",
+                     region: str = "") -> str:
+    """Write the pipeline for `target` to `output_file` (atomically) with every task in `image`;
+    `trainer="vertex-training"` (vertex only) trains in a Vertex AI custom job instead."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}: expected one of {TARGETS}")
+    if trainer not in TRAINER_BACKENDS:
+        raise ValueError(f"unknown trainer {trainer!r}: expected one of {TRAINER_BACKENDS}")
+    if trainer == "vertex-training" and target != "vertex":
+        raise ValueError("--trainer vertex-training runs the Trainer as a Vertex AI custom job: "
+                         "it needs --target vertex")
     check_locations(config)
-    pipeline = create_pipeline(config)
+    pipeline = create_pipeline(config, vertex_training=vertex_training_config(
+        config, image, project, region) if trainer == "vertex-training" else None)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image, use_pipeline_spec_2_1=True))

@@ -67,11 +67,14 @@ def create_pipeline(
     metadata_connection_config=None,
     enable_cache: bool = True,
     served_cache_key: str = "",
+    vertex_training: dict | None = None,
 ) -> tfx.dsl.Pipeline:
     """The whole graph for `config`; `metadata_connection_config` None means the orchestrator's.
 
     `served_cache_key` names the version served now, where the caller knows it (local runs), so
-    that a cached ServedModel step is reused only while the served version is the same.
+    that a cached ServedModel step is reused only while the served version is the same. With
+    `vertex_training` (the extension's custom_config keys), the Trainer runs as a Vertex AI
+    custom job through TFX's google_cloud_ai_platform Trainer.
     """
     pipeline_root = resolve_uri(config.pipeline_root)
     image_config = {"image_height": config.image_height, "image_width": config.image_width,
@@ -94,7 +97,9 @@ def create_pipeline(
     served_model = ServedModel(examples=example_gen.outputs["examples"],
                                model_base=model_base(config), warm_start=int(config.warm_start),
                                force=int(config.force), cache_key=served_cache_key)
-    trainer = tfx.components.Trainer(
+    trainer_class = (tfx.extensions.google_cloud_ai_platform.Trainer if vertex_training
+                     else tfx.components.Trainer)
+    trainer = trainer_class(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -108,8 +113,9 @@ def create_pipeline(
             "training": dataclasses.asdict(config.training),
             "serving_limits": dataclasses.asdict(config.serving_limits),
             "backup_root": os.path.join(pipeline_root, "_trainer_backup"),
+            **(vertex_training or {}),
         },
-    )
+    ).with_id("Trainer")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
