@@ -24,13 +24,35 @@ def test_profiles_scale_the_same_model():
         load_profile("huge")
 
 
-def test_tfx_info_chatter_is_reduced_to_component_progress():
-    from unet_tfx.cli import _quiet_tfx_info
+def test_console_shows_progress_and_real_warnings_not_library_noise():
+    from unet_tfx.console import console_filter
 
-    def record(level, message):
-        return logging.LogRecord("absl", level, __file__, 1, message, None, None)
+    def record(name, level, message):
+        return logging.LogRecord(name, level, __file__, 1, message, None, None)
 
-    assert _quiet_tfx_info(record(logging.INFO, "Component Trainer is running."))
-    assert _quiet_tfx_info(record(logging.INFO, "Component Pusher is finished."))
-    assert not _quiet_tfx_info(record(logging.INFO, "udf_utils.get_fn {'train_args': ...}"))
-    assert _quiet_tfx_info(record(logging.WARNING, "anything at all"))
+    assert console_filter(record("absl", logging.INFO, "Component Trainer is running."))
+    assert console_filter(record("absl", logging.INFO, "Component Pusher is finished."))
+    assert console_filter(record("unet_tfx.trainer", logging.INFO, "step 10/700 ..."))
+    assert not console_filter(record("absl", logging.INFO, "udf_utils.get_fn {'train_args'}"))
+    assert not console_filter(record("apache_beam.typehints", logging.INFO, "type hint"))
+    assert not console_filter(record(
+        "absl", logging.WARNING, "ArtifactQuery.property_predicate is not supported."))
+    assert console_filter(record("absl", logging.WARNING, "a real warning"))
+    assert console_filter(record("py.warnings", logging.WARNING, "UserWarning: something"))
+
+
+def test_the_log_file_keeps_everything(tmp_path):
+    from unet_tfx import console
+
+    path = console.log_to_file(str(tmp_path))
+    try:
+        logging.getLogger("apache_beam.typehints").warning("kept in the file")
+        logging.getLogger("absl").error("ArtifactQuery.property_predicate is not supported.")
+    finally:
+        for handler in logging.getLogger().handlers[:]:
+            if getattr(handler, "baseFilename", None) == path:
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+    text = open(path).read()
+    assert "kept in the file" in text and "property_predicate" in text
+    assert path.startswith(str(tmp_path / "logs"))

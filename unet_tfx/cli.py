@@ -1,12 +1,11 @@
 """`unet-tfx`: ingest data, run the pipeline, and talk to the served model."""
 
 import argparse
-import logging
 import os
-import re
 import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+from unet_tfx import console
 from unet_tfx.config import PROFILES, TARGETS, load_profile
 
 
@@ -69,6 +68,7 @@ def _run(args) -> int:
     from unet_tfx.pipeline.local_runner import run_local
 
     config = _config(args)
+    log_file = console.log_to_file(config.pipeline_root)
     summary = run_local(config, beam_workers=args.beam_workers)
     print(summary.format())
     if summary.pushed_to and config.split == "folders":
@@ -78,6 +78,7 @@ def _run(args) -> int:
         eval_examples = os.path.join(config.examples_dir, "eval")
         write_eval_predictions(summary.pushed_to, eval_examples, picture)
         print(f"eval predictions (image, truth, overlay, prediction): {picture}")
+    print(f"full log: {log_file}")
     return 0 if summary.succeeded else 1
 
 
@@ -189,20 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMPONENT_PROGRESS = re.compile(r"Component \S+ is (running|finished)")
-
-
-def _quiet_tfx_info(record: logging.LogRecord) -> bool:
-    """Of TFX's (absl) INFO chatter keep only component start/finish lines; keep all warnings."""
-    return record.levelno > logging.INFO or bool(COMPONENT_PROGRESS.match(record.getMessage()))
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        logging.getLogger("absl").addFilter(_quiet_tfx_info)
+    console.setup(args.verbose)
     return args.func(args)
 
 
