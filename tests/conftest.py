@@ -1,8 +1,18 @@
-"""Shared fixtures: one `test`-profile pipeline run that several test modules inspect."""
+"""Shared fixtures: one `test`-profile pipeline run that several test modules inspect, and a
+small real Transform graph for export tests."""
+
+import functools
 
 import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from unet_tfx.config import load_profile
+from unet_tfx import features as F
+from unet_tfx.components.schema import build_schema
+from unet_tfx.components.transform import preprocessing_fn
+from unet_tfx.config import BUNDLED_DATA, load_profile
 from unet_tfx.pipeline.local_runner import run_local
 
 
@@ -24,3 +34,26 @@ def first_run(pipeline_config):
     summary = run_local(pipeline_config)
     assert summary.succeeded, summary.error
     return summary
+
+
+@pytest.fixture(scope="session")
+def transform_output(tmp_path_factory):
+    """A real Transform graph, analyzed over two 64² crops of membrane images."""
+    size = 64
+
+    def png(path):
+        return tf.io.encode_png(tf.io.decode_png(path.read_bytes(), channels=1)[:size, :size]
+                                ).numpy()
+
+    raw = [{F.IMAGE: [png(BUNDLED_DATA / "image" / f"{i}.png")],
+            F.MASK: [png(BUNDLED_DATA / "label" / f"{i}.png")],
+            F.HEIGHT: [size], F.WIDTH: [size], F.ID: [str(i).encode()]} for i in (0, 1)]
+    metadata = dataset_metadata.DatasetMetadata(build_schema(size, size))
+    directory = str(tmp_path_factory.mktemp("transform_output"))
+    config = {"image_height": size, "image_width": size, "channels": 1}
+    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
+        transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(
+            functools.partial(preprocessing_fn, custom_config=config))
+        _ = transform_fn | tft_beam.WriteTransformFn(directory)
+    metadata_io.write_metadata(metadata, f"{directory}/{tft.TFTransformOutput.RAW_METADATA_DIR}")
+    return tft.TFTransformOutput(directory)

@@ -1,20 +1,14 @@
 """Mixed precision: choosing the policy, training under it, and a float32 serving contract."""
 
-import functools
 import logging
 import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 import tf_keras as keras
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
 from unet_tfx import features as F
-from unet_tfx.components.schema import build_schema
-from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA, TrainingConfig, load_profile
 from unet_tfx.trainer import precision, run_fn
 from unet_tfx.trainer.export import export_serving_model
@@ -152,27 +146,6 @@ def test_mixed_float16_trains_on_cpu_with_loss_scaling_and_ema():
     averages = optimizer.inner_optimizer._model_variables_moving_average
     for variable, average in zip(variables, averages, strict=True):
         np.testing.assert_array_equal(variable.numpy(), average.numpy())
-
-
-@pytest.fixture(scope="module")
-def transform_output(tmp_path_factory):
-    """A real Transform graph, analyzed over two 64² crops of membrane images."""
-    def png(path):
-        pixels = tf.io.decode_png(path.read_bytes(), channels=1)[:SIZE, :SIZE]
-        return tf.io.encode_png(pixels).numpy()
-
-    raw = [{F.IMAGE: [png(BUNDLED_DATA / "image" / f"{i}.png")],
-            F.MASK: [png(BUNDLED_DATA / "label" / f"{i}.png")],
-            F.HEIGHT: [SIZE], F.WIDTH: [SIZE], F.ID: [str(i).encode()]} for i in (0, 1)]
-    metadata = dataset_metadata.DatasetMetadata(build_schema(SIZE, SIZE))
-    directory = str(tmp_path_factory.mktemp("transform_output"))
-    config = {"image_height": SIZE, "image_width": SIZE, "channels": 1}
-    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
-        transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(
-            functools.partial(preprocessing_fn, custom_config=config))
-        _ = transform_fn | tft_beam.WriteTransformFn(directory)
-    metadata_io.write_metadata(metadata, f"{directory}/{tft.TFTransformOutput.RAW_METADATA_DIR}")
-    return tft.TFTransformOutput(directory)
 
 
 def test_exported_bfloat16_model_serves_float32_close_to_float32_weights(

@@ -16,17 +16,12 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 import tf_keras as keras
 from PIL import Image
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
 from unet_tfx import features as F
 from unet_tfx import imaging
 from unet_tfx.cli import main
-from unet_tfx.components.schema import build_schema
-from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA, ServingLimits
 from unet_tfx.ingest import IngestError, ingest
 from unet_tfx.serving import command
@@ -242,27 +237,6 @@ def test_padding_mirrors_like_tf_pad_and_handles_one_pixel_sides():
 
 
 # --- the exported model, in-process ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def transform_output(tmp_path_factory):
-    """A real Transform graph, analyzed over two 64² crops of membrane images."""
-    def png(path):
-        return tf.io.encode_png(tf.io.decode_png(path.read_bytes(), channels=1)[:SIZE, :SIZE]
-                                ).numpy()
-
-    raw = [{F.IMAGE: [png(BUNDLED_DATA / "image" / f"{i}.png")],
-            F.MASK: [png(BUNDLED_DATA / "label" / f"{i}.png")],
-            F.HEIGHT: [SIZE], F.WIDTH: [SIZE], F.ID: [str(i).encode()]} for i in (0, 1)]
-    metadata = dataset_metadata.DatasetMetadata(build_schema(SIZE, SIZE))
-    directory = str(tmp_path_factory.mktemp("transform_output"))
-    config = {"image_height": SIZE, "image_width": SIZE, "channels": 1}
-    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
-        transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(
-            functools.partial(preprocessing_fn, custom_config=config))
-        _ = transform_fn | tft_beam.WriteTransformFn(directory)
-    metadata_io.write_metadata(metadata, f"{directory}/{tft.TFTransformOutput.RAW_METADATA_DIR}")
-    return tft.TFTransformOutput(directory)
-
 
 @pytest.fixture(scope="module")
 def model_dir(transform_output, tmp_path_factory):
