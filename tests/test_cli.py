@@ -56,3 +56,12 @@ def test_the_log_file_keeps_everything(tmp_path):
     text = open(path).read()
     assert "kept in the file" in text and "property_predicate" in text
     assert path.startswith(str(tmp_path / "logs"))
+
+
+def test_console_setup_twice_keeps_one_console_handler():
+    from unet_tfx import console
+
+    console.setup()
+    console.setup()
+    names = [h.get_name() for h in logging.getLogger().handlers]
+    assert names.count(console.CONSOLE) == 1

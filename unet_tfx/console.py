@@ -18,6 +18,7 @@ NOISE = re.compile("|".join([
     r"Value in checkpoint could not be found in the restored object",
 ]))
 FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+CONSOLE = "unet_tfx.console"
 
 
 def console_filter(record: logging.LogRecord) -> bool:
@@ -36,11 +37,14 @@ def setup(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
                             category=FutureWarning)
     logging.captureWarnings(True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == CONSOLE]:  # once per process
+        root.removeHandler(old)
     handler = logging.StreamHandler()
+    handler.set_name(CONSOLE)
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     if not verbose:
         handler.addFilter(console_filter)
-    root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.addHandler(handler)
 
