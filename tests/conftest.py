@@ -1,7 +1,8 @@
-"""Shared fixtures: one `test`-profile pipeline run that several test modules inspect, and a
-small real Transform graph for export tests."""
+"""Shared fixtures: root logging restored after each test, one `test`-profile pipeline run that
+several test modules inspect, and a small real Transform graph for export tests."""
 
 import functools
+import logging
 
 import pytest
 import tensorflow as tf
@@ -14,6 +15,20 @@ from unet_tfx.components.schema import build_schema
 from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA, load_profile
 from unet_tfx.pipeline.local_runner import run_local
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Each test starts with the root logger's handlers and level as they were: a handler that
+    `unet-tfx` (console.setup, log_to_file) or Beam added inside one test would otherwise write
+    to that test's captured, since closed, stderr."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from unet_tfx.cli import main
 from unet_tfx.config import BUNDLED_DATA
-from unet_tfx.serving.client import ServingClient
+from unet_tfx.serving.client import SegmentationClient, ServingError
 from unet_tfx.serving.local_model import LocalModel, latest_version
 
 pytestmark = pytest.mark.e2e
@@ -53,9 +53,9 @@ def server(first_run, pipeline_config):
 
 def test_grpc_client_gets_the_models_probabilities(server, first_run, pipeline_config):
     servicer, address = server
-    client = ServingClient(address, pipeline_config.model_name, timeout=120)
+    client = SegmentationClient(address, pipeline_config.model_name, deadline=120)
     png = MEMBRANE_PNG.read_bytes()
-    remote = client.segment([png])
+    remote = client.segment([png], probabilities=True)[0].probabilities[None]
     client.close()
     assert remote.shape == (1, 512, 512, 1)
     np.testing.assert_allclose(remote, LocalModel(first_run.pushed_to).segment([png]), atol=1e-6)
@@ -66,10 +66,10 @@ def test_grpc_client_gets_the_models_probabilities(server, first_run, pipeline_c
 
 def test_grpc_client_surfaces_an_unknown_model(server):
     _, address = server
-    client = ServingClient(address, "no_such_model", timeout=30)
-    with pytest.raises(grpc.RpcError) as error:
+    client = SegmentationClient(address, "no_such_model", deadline=30)
+    with pytest.raises(ServingError) as error:
         client.segment([MEMBRANE_PNG.read_bytes()])
-    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (error.value.code, error.value.attempts) == ("NOT_FOUND", 1)
 
 
 def test_latest_version_picks_the_highest_number(tmp_path):

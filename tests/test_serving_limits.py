@@ -146,7 +146,7 @@ def _cmyk_jpeg() -> bytes:
 # --- the Python rules -------------------------------------------------------------------------
 
 def test_limits_are_positive_integers():
-    assert ServingLimits().max_pixels == 2048 * 2048
+    assert ServingLimits().max_pixels == 4096 * 4096
     with pytest.raises(ValueError, match="ServingLimits.max_side must be a positive integer"):
         ServingLimits(max_side=0)
     with pytest.raises(ValueError, match="max_batch"):
@@ -213,12 +213,13 @@ def test_the_default_limits_refuse_the_bombs_in_the_graph():
         images, _ = hostile_requests()[name]
         verdict = _graph_verdict(images, defaults)
         assert "expected at most 4096 (see max_side)" in verdict, (name, verdict)
-    at_limit = [png_declaring(2048, 2048), png_declaring(4096, 1024)]
+    at_limit = [png_declaring(4096, 4096), png_declaring(4096, 1024)]
     for image in at_limit:
         assert _graph_verdict([image], defaults) == "accepted"
         imaging.check_encoded_image(image, defaults, "x")
-    assert "4196352 pixels: expected at most 4194304" in _graph_verdict(
-        [png_declaring(2049, 2048)], defaults)
+    assert _graph_verdict([png_declaring(4096, 2048)] * 2, defaults) == "accepted"
+    assert "25165824 pixels: expected at most 16777216" in _graph_verdict(
+        [png_declaring(4096, 2048)] * 3, defaults)
     assert _graph_verdict([png_declaring(512, 512)] * 16, defaults) == "accepted"
     assert "request of 17 images" in _graph_verdict([png_declaring(8, 8)] * 17, defaults)
 

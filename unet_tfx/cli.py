@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unet_tfx.ingest.command import register as register_ingest
     from unet_tfx.pipeline.submit import register as register_submit
     from unet_tfx.serving.command import register as register_predict
+    from unet_tfx.serving.deploy import register as register_serving_config
 
     parser = argparse.ArgumentParser(
         prog="unet-tfx", description="Train U-Net segmentation models with TFX and ship them to "
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_submit(subparsers)
     _register_history(subparsers)
     register_predict(subparsers)
+    register_serving_config(subparsers)
     return parser
 
 

@@ -69,27 +69,34 @@ class ServingLimits:
     """What one `serving_default` request may hold; larger requests are refused before decoding.
 
     The exported signatures check these in the graph (INVALID_ARGUMENT); `unet-tfx predict`
-    checks the same ones before sending (`unet_tfx.imaging`). Peak memory of a request grows with
-    its pixels, one image or a batch alike: about 520 bytes per pixel for the seed U-Net on CPU
-    (measured: 1024² +0.58 GB, 2048² +2.1 GB, 3072² +4.6 GB over the loaded model's 0.63 GB).
+    checks the same ones before sending (`unet_tfx.imaging`). The whole-image U-Net takes about
+    520 bytes per pixel on CPU (seed model; measured: 1024² +0.58 GB, 2048² +2.1 GB, 3072²
+    +4.6 GB over the loaded model's 0.63 GB), so images with a side above `tile_size` are
+    segmented in tiles: their peak grows by the model on `tile_batch` tiles plus ~30 bytes per
+    pixel (measured, seed model: 4096² +0.85 GB over 0.75 GB loaded, 1.6 GB in all).
 
-    - max_pixels: per image and per request (summed over the batch). 2048² keeps one request at
-      2.7 GB peak resident, within a 4 GB budget per concurrent request; 3072² needs 5.3 GB.
+    - max_pixels: per image and per request (summed over the batch): 4096². The largest
+      untiled request is max_batch images of tile_size², 16 x 512² (2.7 GB peak, the old 2048²
+      budget); a tiled one at max_pixels takes 1.6 GB. What grows is time: a 4096² image is
+      121 tiles, ~110x a 512² request (measured on 2 shared, busy cores: 461 s against 4.2 s).
     - max_side: 4096, so a long strip (4096x1024) passes but a 65536x1 header does not.
-    - max_batch: 16 = max_pixels / 512², a batch of the training resolution.
-    - max_request_bytes: encoded bytes of all images, 40 MiB: a PNG at max_pixels stores at
-      most 8 bytes per pixel (16-bit RGBA, incompressible) = 32 MiB, plus zlib/chunk overhead.
+    - max_batch: 16 images of the training resolution, 512².
+    - max_request_bytes: encoded bytes of all images, 40 MiB: a 4096² greyscale PNG holds at
+      most 2 bytes per pixel (16-bit, incompressible) = 32 MiB, plus zlib/chunk overhead (a
+      4096² mosaic of the membrane images is 13 MB).
     """
 
-    max_pixels: int = 2048 * 2048
+    max_pixels: int = 4096 * 4096
     max_side: int = 4096
     max_batch: int = 16
     max_request_bytes: int = 40 * 1024 * 1024
     # Tiling (unet_tfx/trainer/tiling.py): images with a side above tile_size (after padding to
     # a multiple of 2**depth) are segmented in tile_size² tiles overlapping by tile_overlap,
-    # Gaussian-blended, tile_batch tiles per model call. Both multiples of 2**depth.
+    # Gaussian-blended, tile_batch tiles per model call. Both multiples of 2**depth. Against
+    # whole-image inference at 2048² (seed model): overlap 128, max |dp| 0.008 and 8 of 4.2M
+    # mask pixels differ; overlap 64 (81 tiles at 4096² instead of 121), 0.11 and 116.
     tile_size: int = 512
-    tile_overlap: int = 64
+    tile_overlap: int = 128
     tile_batch: int = 4
 
     def __post_init__(self):

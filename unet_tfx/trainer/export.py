@@ -1,16 +1,22 @@
 """The serving contract: the SavedModel's signatures.
 
 - `serving_default`: encoded PNG/JPEG bytes [batch] → `probabilities` [batch, H, W, 1] at the
-  input's own resolution (padded to a multiple of 2**depth inside, cropped back). Requests
-  outside `ServingLimits` are refused from the image headers, before anything is decoded, with
+  input's own resolution (padded to a multiple of 2**depth inside, cropped back), and
+  `mask_png_bytes` [batch], each image's mask (p > 0.5: 255 cell, else 0 membrane) as a PNG: the
+  `_bytes` suffix makes TF Serving's REST API answer it base64-encoded. Requests outside
+  `ServingLimits` are refused from the image headers, before anything is decoded, with
   INVALID_ARGUMENT naming the image, its size and the limit (`check_encoded_images`).
+  Images with a (padded) side above `ServingLimits.tile_size` are segmented in overlapping
+  tiles, Gaussian-blended (`unet_tfx.trainer.tiling`), so memory stays bounded.
+- `serving_mask`: the same, answering `mask_png_bytes` alone (a REST answer of kilobytes).
 - `serving_examples`: serialized raw tf.Examples → `probabilities` (Evaluator, BulkInferrer).
 - `transform_features`: serialized raw tf.Examples → Transform's outputs (TFMA labels).
   Both check each example's encoded image (and mask) the same way before Transform decodes it;
   their batches are the Evaluator's and BulkInferrer's, so batch size and bytes are not bounded.
 
-All three normalize through the Transform graph, the single source of preprocessing. The limits
-are also written to `assets.extra/serving_limits.json` in the SavedModel.
+All four normalize through the Transform graph, the single source of preprocessing. The limits
+are also written to `assets.extra/serving_limits.json` in the SavedModel; the requests TF Serving
+replays on load, to `assets.extra/tf_serving_warmup_requests` (`unet_tfx.serving.warmup`).
 """
 
 import dataclasses
@@ -24,8 +30,12 @@ import tf_keras as keras
 from unet_tfx import features as F
 from unet_tfx import imaging
 from unet_tfx.config import ServingLimits
+from unet_tfx.serving.warmup import write_warmup
+from unet_tfx.trainer import tiling
 
 PROBABILITIES = "probabilities"
+MASK_PNG = "mask_png_bytes"
+THRESHOLD = 0.5  # p(cell) above which a pixel is cell in `mask_png_bytes`
 LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
 DEFAULT_LIMITS = ServingLimits()
 
@@ -155,15 +165,38 @@ def check_encoded_images(images: tf.Tensor, limits: ServingLimits, *, whole_requ
     return images, heights, widths
 
 
+def _signature(name: str):
+    """tf.function over one string vector, `name`. Autograph is off: these functions have no
+    Python control flow on tensors, and converting Keras's layer code made tracing ~10x slower
+    (48 s of an export's 150 s on 2 busy cores)."""
+    return tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=name)],
+                       autograph=False)
+
+
+def mask_pngs(probabilities: tf.Tensor) -> tf.Tensor:
+    """string [batch]: each map of `probabilities` [batch, H, W, 1] thresholded at THRESHOLD as
+    an 8-bit greyscale PNG, 255 cell / 0 membrane (the labels' convention)."""
+    masks = tf.cast(probabilities > THRESHOLD, tf.uint8) * 255
+    return tf.map_fn(tf.io.encode_png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
+
+
 def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                      channels: int, depth: int, limits: ServingLimits = DEFAULT_LIMITS) -> dict:
-    """Concrete functions for the three signatures, with the Transform layer tracked on model."""
+    """Concrete functions for the four signatures, with the Transform layer tracked on model."""
+    multiple = 2**depth
+    if limits.tile_size % multiple or limits.tile_overlap % multiple:
+        raise ValueError(f"ServingLimits.tile_size ({limits.tile_size}) and tile_overlap "
+                         f"({limits.tile_overlap}) must be multiples of 2**depth = {multiple}")
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     unlabeled_spec = {k: v for k, v in raw_spec.items() if k != F.MASK}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_images(images):
+    def predict(images):
+        return model(images, training=False)
+
+    def segment(images):
+        """Encoded images → probabilities [batch, H, W, 1]: the whole (padded) image in one
+        call, or in tiles when a padded side is above tile_size."""
         def decode(encoded):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
             return tf.cast(image, tf.float32)
@@ -174,8 +207,23 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
         stats = model.tft_layer({F.HEIGHT: tf.zeros([1, 1], tf.int64)})
         normalized = F.normalize(decoded, stats[F.IMAGE_MEAN_XF][0, 0], stats[F.IMAGE_STD_XF][0, 0])
         height, width = tf.shape(decoded)[1], tf.shape(decoded)[2]
-        probabilities = model(_pad_to_multiple(normalized, 2**depth), training=False)
-        return {PROBABILITIES: probabilities[:, :height, :width, :]}
+        padded = _pad_to_multiple(normalized, multiple)
+        large = tf.reduce_any(tf.shape(padded)[1:3] > limits.tile_size)
+        probabilities = tf.cond(
+            large,
+            lambda: tiling.predict_tiled(predict, padded, limits.tile_size, limits.tile_overlap,
+                                         limits.tile_batch),
+            lambda: predict(padded))
+        return probabilities[:, :height, :width, :]
+
+    @_signature("images")
+    def serve_images(images):
+        probabilities = segment(images)
+        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities)}
+
+    @_signature("images")
+    def serve_masks(images):
+        return {MASK_PNG: mask_pngs(segment(images))}
 
     def parse_checked(serialized, spec):
         """Parsed examples whose encoded images (and masks) passed the per-image checks."""
@@ -188,29 +236,32 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
                 features[key] = tf.reshape(checked, tf.shape(encoded))
         return features
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @_signature("examples")
     def serve_examples(serialized):
         transformed = model.tft_layer(parse_checked(serialized, unlabeled_spec))
         return {PROBABILITIES: model(transformed[F.IMAGE_XF], training=False)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @_signature("examples")
     def transform_features(serialized):
         return model.tft_layer(parse_checked(serialized, raw_spec))
 
     return {
         "serving_default": serve_images.get_concrete_function(),
+        "serving_mask": serve_masks.get_concrete_function(),
         "serving_examples": serve_examples.get_concrete_function(),
         "transform_features": transform_features.get_concrete_function(),
     }
 
 
 def export_serving_model(model, tf_transform_output, directory: str, channels: int, depth: int,
-                         limits: ServingLimits | dict = DEFAULT_LIMITS):
+                         limits: ServingLimits | dict = DEFAULT_LIMITS,
+                         warmup_images: list[bytes] = ()):
     """Save `model` with the serving signatures as a TF Serving-loadable SavedModel, and its
-    `limits` as `assets.extra/serving_limits.json` (TF Serving ignores assets.extra).
+    `limits` as `assets.extra/serving_limits.json` (TF Serving ignores it).
 
     `limits` may be a dict of ServingLimits fields (the Trainer's custom_config carries one);
-    fields it leaves out keep their defaults.
+    fields it leaves out keep their defaults. `warmup_images` (encoded, within `limits`; the
+    Trainer passes eval images) become `assets.extra/tf_serving_warmup_requests`.
     """
     if isinstance(limits, dict):
         limits = ServingLimits(**limits)
@@ -220,6 +271,8 @@ def export_serving_model(model, tf_transform_output, directory: str, channels: i
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(dataclasses.asdict(limits), indent=2) + "\n")
+    if warmup_images:
+        write_warmup(directory, list(warmup_images), limits)
 
 
 def read_serving_limits(saved_model_dir: str) -> ServingLimits | None:

@@ -11,6 +11,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from unet_tfx.config import TrainingConfig
+from unet_tfx.serving.warmup import eval_pngs
 from unet_tfx.trainer.dataset import eval_dataset, training_dataset
 from unet_tfx.trainer.distribution import choose_strategy, is_chief, save_on_chief
 from unet_tfx.trainer.export import export_serving_model
@@ -79,7 +80,8 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
         callbacks=[
             *([keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")]
               if chief else []),
-            keras.callbacks.BackupAndRestore(backup_dir(fn_args, custom_config)),
+            keras.callbacks.BackupAndRestore(backup_dir(fn_args, custom_config),
+                                             save_freq=cfg.backup_every_steps or "epoch"),
             ProgressLogger(epochs * cfg.steps_per_epoch, cfg.batch_size * replicas),
         ],
         verbose=0,
@@ -92,7 +94,8 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     # Every worker saves (Keras's multi-worker rule); only the chief's copy is kept.
     save_on_chief(lambda directory: export_serving_model(
         model, tf_transform_output, directory, channels, cfg.depth,
-        limits=custom_config["serving_limits"]),
+        limits=custom_config["serving_limits"],
+        warmup_images=eval_pngs(fn_args.eval_files, tf_transform_output)),  # TF Serving's warmup
         fn_args.serving_model_dir, strategy)
     if chief:
         write_training_record(fn_args.serving_model_dir, plan, started_from,

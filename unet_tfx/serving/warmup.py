@@ -1,0 +1,122 @@
+"""TF Serving warmup: `assets.extra/tf_serving_warmup_requests` in every exported model.
+
+TF Serving replays these records (a TFRecord file of `PredictionLog`s) when it loads a version,
+before the version is marked AVAILABLE, so the first real request does not pay for the
+first run's allocations. The requests are `serving_default` calls on real eval images: the
+Trainer's eval split (Transform's output) de-normalized with Transform's own mean and standard
+deviation back to the 8-bit pixels the raw PNGs held, re-encoded as PNG.
+
+A warmup request the model refuses makes TF Serving refuse to load the version, so the
+requests are checked against the model's `ServingLimits` before they are written.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from unet_tfx import features as F
+from unet_tfx import imaging
+from unet_tfx.config import ServingLimits
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_IMAGES = 2  # eval images; one request each, plus one request of all of them
+
+
+def eval_pngs(patterns: list[str], tf_transform_output: tft.TFTransformOutput,
+              count: int = WARMUP_IMAGES) -> list[bytes]:
+    """The first `count` images of Transform's (GZIP) eval examples as PNG bytes, their pixel
+    values restored from the z-scores (x = z·std + mean, rounded: the raw 8-bit values)."""
+    spec = tf_transform_output.transformed_feature_spec()
+    keys = (F.IMAGE_XF, F.IMAGE_MEAN_XF, F.IMAGE_STD_XF)
+    files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
+    pngs = []
+    for serialized in records:
+        parsed = tf.io.parse_single_example(serialized, {k: spec[k] for k in keys})
+        std = tf.maximum(tf.reshape(parsed[F.IMAGE_STD_XF], []), 1e-6)  # as F.normalize
+        pixels = parsed[F.IMAGE_XF] * std + tf.reshape(parsed[F.IMAGE_MEAN_XF], [])
+        pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+        pngs.append(tf.io.encode_png(pixels).numpy())
+    return pngs
+
+
+def warmup_requests(images: list[bytes], model_name: str = "",
+                    signature: str = "serving_default") -> list[predict_pb2.PredictRequest]:
+    """One request per image, then (for several images of one size) one request of them all:
+    warmup then also runs the batched shape."""
+    batches = [[image] for image in images]
+    sizes = {(h.height, h.width) for h in map(imaging.image_header, images)}
+    if len(images) > 1 and len(sizes) == 1:
+        batches.append(list(images))
+    requests = []
+    for batch in batches:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        requests.append(request)
+    return requests
+
+
+def check_requests(requests: list[predict_pb2.PredictRequest], limits: ServingLimits) -> None:
+    """ImageRefused unless every request is one the model with `limits` answers."""
+    for number, request in enumerate(requests):
+        images = [bytes(b) for b in tf.make_ndarray(request.inputs["images"]).reshape(-1)]
+        name = f"warmup request {number}"
+        if not 1 <= len(images) <= limits.max_batch:
+            raise imaging.ImageRefused(name + ": " + imaging.BATCH_SIZE.format(
+                len(images), limits.max_batch))
+        total = sum(map(len, images))
+        if total > limits.max_request_bytes:
+            raise imaging.ImageRefused(imaging.TOO_MANY_BYTES.format(name, total,
+                                                                     limits.max_request_bytes))
+        headers = [imaging.check_encoded_image(image, limits, f"{name} image {index}")
+                   for index, image in enumerate(images)]
+        pixels = sum(h.height * h.width for h in headers)
+        if pixels > limits.max_pixels:
+            raise imaging.ImageRefused(name + ": " + imaging.BATCH_PIXELS.format(
+                len(images), headers[0].height, headers[0].width, pixels, limits.max_pixels))
+
+
+def write_warmup(saved_model_dir: str, images: list[bytes], limits: ServingLimits,
+                 model_name: str = "") -> str:
+    """Write `assets.extra/tf_serving_warmup_requests` for `images` into a SavedModel folder
+    (via a temporary name, renamed when complete); returns its path."""
+    requests = warmup_requests(images, model_name)
+    check_requests(requests, limits)
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    partial = f"{path}.partial"
+    with tf.io.TFRecordWriter(partial) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    tf.io.gfile.rename(partial, path, overwrite=True)
+    return path
+
+
+def read_warmup(saved_model_dir: str) -> list[prediction_log_pb2.PredictionLog]:
+    """The PredictionLog records of a SavedModel's warmup file ([] when it has none)."""
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(path)]
+
+
+def replay(saved_model_dir: str, logs=None) -> list[dict[str, np.ndarray]]:
+    """Run each warmup request through the loaded SavedModel's signature, as TF Serving does
+    on load; returns the outputs of each."""
+    signatures = tf.saved_model.load(saved_model_dir).signatures
+    results = []
+    for log in read_warmup(saved_model_dir) if logs is None else logs:
+        request = log.predict_log.request
+        inputs = {key: tf.constant(tf.make_ndarray(proto))
+                  for key, proto in request.inputs.items()}
+        outputs = signatures[request.model_spec.signature_name or "serving_default"](**inputs)
+        results.append({key: value.numpy() for key, value in outputs.items()})
+    return results
