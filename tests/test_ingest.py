@@ -1,8 +1,10 @@
 """Ingestion: files → GZIP TFRecord shards of PNG tf.Examples; checked input; all-or-nothing."""
 
 import argparse
+import csv
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -257,13 +259,16 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, case):
 
 
 def test_errors_from_worker_processes_keep_their_message(tmp_path):
-    kwargs, message = _write_bad(tmp_path, "corrupt")
+    images, masks, bad = _many_bad(tmp_path)  # Beam's dead letters cross the process boundary
     out = tmp_path / "out"
 
-    with pytest.raises(IngestError, match=message):
-        ingest(out, **kwargs, beam_args=["--direct_running_mode=multi_processing",
-                                         "--direct_num_workers=1"])
+    with pytest.raises(IngestError, match=r"^5 bad example\(s\) of 10: ") as error:
+        ingest(out, images=images, masks=masks,
+               beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=1"])
 
+    assert [file for file, _ in error.value.problems] == [str(f) for f, _ in bad.values()]
+    for (_, reason), (_, expected) in zip(error.value.problems, bad.values(), strict=True):
+        assert re.fullmatch(expected, reason), reason
     _assert_nothing_left(out)
 
 
@@ -316,6 +321,98 @@ def test_cli_bad_input_prints_error_and_returns_2(tmp_path, capsys):
                  "-o", str(out)])
 
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and "images/1.png: cannot read it" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: 1 bad example(s) of 3: nothing was written")
+    assert err[1].strip().startswith(str(kwargs["images"] / "1.png") + ": cannot read it")
+    assert len(err) == 2 and "Traceback" not in "\n".join(err)
     _assert_nothing_left(out)
+
+
+def _many_bad(tmp_path, count=10):
+    """`count` pairs, five of them bad in different ways: (images, masks, {id: (file, reason)})."""
+    images, masks, pixels = _pairs(tmp_path, count)
+    data = (images / "1.png").read_bytes()
+    (images / "1.png").write_bytes(data[: len(data) // 2])
+    _save(masks / "3.png", pixels["3"][1][:, :5])
+    _save(masks / "5.png", (np.arange(48) % 4).astype(np.uint8).reshape(6, 8) * 60)
+    _save(images / "7.png", np.stack([pixels["7"][0]] * 3, axis=-1))
+    (images / "8.png").unlink()
+    tifffile.imwrite(images / "8.tif", pixels["8"][0].astype(np.uint16) * 257)
+    bad = {
+        "1": (images / "1.png", r"cannot read it \(.*\): expected a valid PNG or TIFF image"),
+        "3": (masks / "3.png", r"mask is 6x5 but its image is 6x8 \(height x width\): expected "
+              "the same size"),
+        "5": (masks / "5.png", r"mask has 4 levels \(0, 60, 120, 180\): expected at most two .*"),
+        "7": (images / "7.png", r"image has 3 channel\(s\) \(RGB\): expected 1"),
+        "8": (images / "8.tif", r"pixel format I;16 .*: expected an 8-bit image .*"),
+    }
+    return images, masks, bad
+
+
+def test_one_run_lists_every_bad_pair_and_writes_nothing(tmp_path):
+    images, masks, bad = _many_bad(tmp_path)
+    out = tmp_path / "out"
+
+    with pytest.raises(IngestError) as error:
+        ingest(out, images=images, masks=masks, eval_count=2)
+
+    message = str(error.value)
+    assert message.splitlines()[0] == (
+        "5 bad example(s) of 10: nothing was written (skip_bad, or --skip-bad, writes the other "
+        "5 and lists the bad ones in rejected.csv):")
+    assert [file for file, _ in error.value.problems] == [str(f) for f, _ in bad.values()]
+    for (file, reason), (_, expected) in zip(error.value.problems, bad.values(), strict=True):
+        assert re.fullmatch(expected, reason), reason
+        assert f"\n  {file}: {reason}" in message
+    assert "Traceback" not in message and "while running" not in message
+    _assert_nothing_left(out)
+
+
+def _rejected_rows(out):
+    with open(out / "rejected.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_skip_bad_writes_the_good_ones_and_lists_the_bad_in_rejected_csv(tmp_path, capsys):
+    images, masks, bad = _many_bad(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--masks", str(masks), "-o", str(out), "--eval-count", "2"]
+
+    assert _cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: 5 bad example(s) of 10") and len(err) == 6
+    assert [line.strip().split(": ", 1)[0] for line in err[1:]] == [
+        str(f) for f, _ in bad.values()]
+    _assert_nothing_left(out)
+
+    assert _cli([*argv, "--skip-bad"]) == 0
+
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"skipped 5 bad example(s) of 10: listed in {out / 'rejected.csv'}")
+    # The split was chosen over all 10 (eval: 4 and 9); the bad ones are left out of theirs.
+    assert [e["id"] for e in read_examples(out / "eval")] == ["4", "9"]
+    assert sorted((e["id"] for e in read_examples(out / "train")), key=natural_key) == [
+        "0", "2", "6"]
+    rows = _rejected_rows(out)
+    assert [(r["id"], r["split"], r["file"]) for r in rows] == [
+        (i, "train", str(f)) for i, (f, _) in bad.items()]
+    for row, (_, expected) in zip(rows, bad.values(), strict=True):
+        assert re.fullmatch(expected, row["reason"]), row
+    manifest = json.loads((out / "ingest.json").read_text())
+    assert (manifest["count"], manifest["rejected"]) == (5, 5)
+    assert manifest["splits"]["train"]["ids"] == ["0", "2", "6"]
+
+
+def test_skip_bad_still_fails_when_a_split_is_left_empty(tmp_path):
+    images, masks, bad = _many_bad(tmp_path)
+    out = tmp_path / "out"
+
+    # eval_count 1 holds out id 9 (good); masks of 9 made bad: the eval split is left empty.
+    _save(masks / "9.png", np.zeros((6, 7), np.uint8))
+    with pytest.raises(IngestError, match=r"every example of the eval split is bad, so nothing "
+                       r"was written: expected at least one good example per split") as error:
+        ingest(out, images=images, masks=masks, eval_count=1, skip_bad=True)
+
+    assert len(error.value.problems) == 6
+    _assert_nothing_left(out)
+

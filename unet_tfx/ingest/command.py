@@ -1,6 +1,7 @@
 """The `unet-tfx ingest` subcommand."""
 
 import argparse
+import os
 import sys
 
 from unet_tfx.ingest.decode import DEFAULT_MAX_PIXELS
@@ -20,6 +21,9 @@ examples:
   unet-tfx ingest --images new/image --masks new/label --output out/examples \\
       --eval-count 2 --span next
 
+  # a delivery with some bad files: write the good pairs, list the bad in out/new/rejected.csv
+  unet-tfx ingest --images new/image --masks new/label --output out/new --skip-bad
+
   # unlabeled images, for inference
   unet-tfx ingest --images data/membrane/test --output out/test-examples
 
@@ -36,7 +40,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="turn image/mask files into sharded TFRecords of tf.Examples",
         description="Read image/mask pairs (or unlabeled images), check them, and write them as\n"
         "GZIP TFRecord shards of tf.train.Examples (PNG image and mask, height, width, id)\n"
-        "with a Beam pipeline. Nothing is written at --output unless everything succeeds.",
+        "with a Beam pipeline. Every bad file is reported in one run (file: reason), and then\n"
+        "nothing is written at --output; with --skip-bad the good pairs are written and the\n"
+        "bad ones listed in OUTPUT/rejected.csv.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,6 +68,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--span", metavar="N|next",
                         help="add the data as OUTPUT/span-N (next: one past the newest span) "
                         "beside the spans already there; an existing span needs --overwrite")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="write the good examples and list the bad ones (unreadable, wrong "
+                        "size, channels or mask levels) in OUTPUT/rejected.csv instead of "
+                        "failing (a split left empty still fails)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output folder (only once the new one is done)")
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -75,15 +85,18 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run `ingest` for parsed arguments: 0 on success, 2 (after `error: ...`) for bad input."""
-    from unet_tfx.ingest.driver import ingest
+    from unet_tfx.ingest.driver import REJECTED, ingest
 
     try:
-        ingest(args.output, images=args.images, masks=args.masks, image_stack=args.image_stack,
-               mask_stack=args.mask_stack, eval_count=args.eval_count,
-               num_shards=args.num_shards, channels=args.channels, max_pixels=args.max_pixels,
-               overwrite=args.overwrite, beam_args=args.beam_flags + args.beam_args,
-               span=args.span)
+        summary = ingest(
+            args.output, images=args.images, masks=args.masks, image_stack=args.image_stack,
+            mask_stack=args.mask_stack, eval_count=args.eval_count, num_shards=args.num_shards,
+            channels=args.channels, max_pixels=args.max_pixels, overwrite=args.overwrite,
+            beam_args=args.beam_flags + args.beam_args, span=args.span, skip_bad=args.skip_bad)
     except IngestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if summary.rejected:
+        print(f"skipped {summary.rejected} bad example(s) of {summary.count + summary.rejected}: "
+              f"listed in {os.path.join(summary.output, REJECTED)}", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ Size, pixel format and channels are checked from the header, before any pixel is
 
 import contextlib
 import io
+import struct
 
 import numpy as np
 from PIL import Image
@@ -23,7 +24,7 @@ MASK_MODES = ("L", "1", "P")
 
 def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -> np.ndarray:
     """uint8 pixels, [height, width] for one channel, else [height, width, channels]."""
-    name = _describe(path, page)
+    name = describe(path, page)
     with _reading(name), _open(path, page, name) as img:
         _check_pixels(img, name, max_pixels)
         if img.mode not in CHANNELS or not _is_8_bit(img):
@@ -37,7 +38,7 @@ def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -
 
 def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     """uint8 [height, width] mask of the image `size`, canonicalised: 0 stays 0, >0 becomes 255."""
-    name = _describe(path, page)
+    name = describe(path, page)
     with _reading(name), _open(path, page, name) as img:
         _check_pixels(img, name, max_pixels)
         if (img.height, img.width) != tuple(size):
@@ -65,8 +66,16 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _describe(path: str, page: int | None) -> str:
+def describe(path: str, page: int | None) -> str:
+    """How messages name a file, or one page of a stack."""
     return path if page is None else f"{path} page {page}"
+
+
+# What PIL raises for files it cannot parse. Besides the documented ones, tests/test_fuzz.py
+# found TypeError ("Missing dimensions": a TIFF whose size tags are cut); the others are what
+# PIL's Python parsers raise on malformed structures (struct.error, IndexError, KeyError, ...).
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+              struct.error, ZeroDivisionError, OverflowError)
 
 
 @contextlib.contextmanager
@@ -76,7 +85,7 @@ def _reading(name: str):
         yield
     except IngestError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UNREADABLE as exc:
         raise IngestError(f"{name}: cannot read it ({exc}): expected a valid PNG or TIFF image") \
             from None
 
