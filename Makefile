@@ -33,9 +33,14 @@ lint: venv
 	$(VENV)/bin/ruff check unet_tfx tests bench
 	$(VENV)/bin/hadolint Dockerfile
 
+# The five benchmarks with targets (README "Benchmarks"); each prints its ratio last and writes
+# bench/results/<name>.json and .png. bench_pipeline first: the others reuse its Transform output.
 bench: venv
-	$(PY) bench/bench_model.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_serving.py
+	$(PY) bench/bench_input.py
+	$(PY) bench/bench_scale.py
 
 lock:
 	test -x .lockenv/bin/uv || { $(PYTHON310) -m venv .lockenv && .lockenv/bin/pip install -q uv; }

@@ -1,15 +1,39 @@
 """tf.data input from Transform's output: random augmented patches for training, whole images
 for evaluation.
 
+Each input is cached in memory when its estimated size fits `TrainingConfig.cache_budget_mb`
+(the bundled 30 images: 60 MiB), and otherwise streamed from the transformed shards: files
+interleaved, a bounded shuffle buffer, parsing and augmentation in parallel, prefetch, so
+memory stays bounded whatever the number of examples (`choose_input_mode` logs which and why).
+
 Both batch by the global batch, the per-replica batch size times the strategy's replicas, and
 are sharded by element across workers under MultiWorkerMirroredStrategy (see `shard_by_data`).
 """
 
+import dataclasses
+import logging
+import zlib
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from unet_tfx import features as F
 from unet_tfx.config import TrainingConfig
+
+log = logging.getLogger("unet_tfx.trainer")
+
+MIB = 1024 * 1024
+# Whole images shuffled before patches are cut, when cached (as before streaming existed).
+CACHED_SHUFFLE_BUFFER = 64
+# Streaming: serialized examples waiting in the shuffle buffer, at most 1/8 of the cache budget,
+# within [STREAM_SHUFFLE_MIN, STREAM_SHUFFLE_MAX]: 128 x 2 MiB at 512² by default.
+STREAM_SHUFFLE_MAX = 128
+STREAM_SHUFFLE_MIN = 16
+# Files read at once when streaming (Transform on one machine writes one per split).
+STREAM_CYCLE = 4
+# Records read and compressed to estimate the files' example count.
+SAMPLED_RECORDS = 4
 
 
 def _files(patterns: list[str]) -> list[str]:
@@ -19,17 +43,103 @@ def _files(patterns: list[str]) -> list[str]:
     return files
 
 
-def image_mask_pairs(patterns: list[str], tf_transform_output: tft.TFTransformOutput):
-    """Transformed examples → (image_xf, mask_xf) pairs of whole images."""
+def _pair_spec(tf_transform_output: tft.TFTransformOutput) -> dict:
     spec = tf_transform_output.transformed_feature_spec()
-    spec = {key: spec[key] for key in (F.IMAGE_XF, F.MASK_XF)}
+    return {key: spec[key] for key in (F.IMAGE_XF, F.MASK_XF)}
 
-    def parse(serialized):
-        parsed = tf.io.parse_single_example(serialized, spec)
-        return parsed[F.IMAGE_XF], parsed[F.MASK_XF]
 
+def _parse(serialized, spec: dict):
+    parsed = tf.io.parse_single_example(serialized, spec)
+    return parsed[F.IMAGE_XF], parsed[F.MASK_XF]
+
+
+def image_mask_pairs(patterns: list[str], tf_transform_output: tft.TFTransformOutput):
+    """Transformed examples → (image_xf, mask_xf) pairs of whole images, in file order."""
+    spec = _pair_spec(tf_transform_output)
     records = tf.data.TFRecordDataset(_files(patterns), compression_type="GZIP")
-    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(lambda serialized: _parse(serialized, spec),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputMode:
+    """How one input reads its data: cached in memory or streamed, and why."""
+
+    cache: bool
+    files: tuple
+    examples: int  # estimated
+    example_bytes: int  # one parsed (image_xf, mask_xf) pair in memory
+    budget_bytes: int
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "memory" if self.cache else "stream"
+
+    @property
+    def shuffle_buffer(self) -> int:
+        """Whole examples in the training input's shuffle buffer."""
+        if self.cache:
+            return CACHED_SHUFFLE_BUFFER
+        fits = self.budget_bytes // (8 * max(self.example_bytes, 1))
+        return int(min(STREAM_SHUFFLE_MAX, max(STREAM_SHUFFLE_MIN, fits)))
+
+
+def _spec_bytes(spec: dict) -> int:
+    """Bytes of one parsed example of fixed-length features."""
+    return sum(int(np.prod(feature.shape)) * feature.dtype.size for feature in spec.values())
+
+
+def _mib(size: float) -> str:
+    return f"{size / MIB:,.0f} MiB" if size >= 10 * MIB else f"{size / MIB:.2g} MiB"
+
+
+def estimate_examples(files: list[str]) -> int:
+    """The files' example count, from their size and a few records, without reading them all.
+
+    Compresses the first SAMPLED_RECORDS records as the GZIP writers do (zlib's default level);
+    the count is the files' total size over the mean compressed record. Transform's output on
+    the bundled and the synthetic data: exact to within a few percent.
+    """
+    total = sum(tf.io.gfile.stat(f).length for f in files)
+    sample = list(tf.data.TFRecordDataset(files[:1], compression_type="GZIP")
+                  .take(SAMPLED_RECORDS).as_numpy_iterator())
+    if not sample:
+        return 0
+    compressed = sum(len(zlib.compress(record)) + 16 for record in sample) / len(sample)
+    return max(1, round(total / compressed))
+
+
+def choose_input_mode(patterns, tf_transform_output: tft.TFTransformOutput, budget_mb: float,
+                      what: str = "input") -> InputMode:
+    """Cache when the parsed examples (estimated count x bytes per example) fit `budget_mb`."""
+    files = _files(patterns)
+    example_bytes = _spec_bytes(_pair_spec(tf_transform_output))
+    examples = estimate_examples(files)
+    size, budget = examples * example_bytes, int(budget_mb * MIB)
+    cache = size <= budget
+    reason = (f"~{examples:,} examples x {_mib(example_bytes)} = {_mib(size)} "
+              f"{'<=' if cache else '>'} cache_budget_mb {budget_mb:,g}")
+    mode = InputMode(cache, tuple(files), examples, example_bytes, budget, reason)
+    if cache:
+        log.info("%s: cached in memory (%s)", what, reason)
+    else:
+        log.info("%s: streamed from %d file(s), shuffle buffer %d examples (%s)", what,
+                 len(files), mode.shuffle_buffer, reason)
+    return mode
+
+
+def _streamed_records(files: tuple, seed: int | None, repeat: bool) -> tf.data.Dataset:
+    """Serialized records of `files`, interleaved; their order reshuffled each pass if seeded."""
+    names = tf.data.Dataset.from_tensor_slices(list(files))
+    if seed is not None and len(files) > 1:
+        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        names = names.repeat()
+    return names.interleave(
+        lambda name: tf.data.TFRecordDataset(name, compression_type="GZIP", buffer_size=4 * MIB),
+        cycle_length=min(len(files), STREAM_CYCLE), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -61,20 +171,43 @@ def _augment(image, mask, patch_size: int, flip: bool, seed: tf.Tensor):
 
 def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
                      replicas: int = 1) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented patch batches of `cfg.batch_size` per replica."""
-    pairs = image_mask_pairs(patterns, tf_transform_output).cache().repeat()
-    pairs = pairs.shuffle(64, seed=cfg.seed)
+    """An endless stream of shuffled, augmented patch batches of `cfg.batch_size` per replica.
+
+    Cached: whole images parsed once, kept in memory, repeated and shuffled. Streamed: records
+    interleaved over the files (file order reshuffled each pass), shuffled in a bounded buffer,
+    then parsed and cut in the same parallel map.
+    """
+    mode = choose_input_mode(patterns, tf_transform_output, cfg.cache_budget_mb, "training input")
     seeds = tf.data.Dataset.random(seed=cfg.seed).batch(2)
-    patches = tf.data.Dataset.zip((pairs, seeds)).map(
-        lambda pair, seed: _augment(*pair, cfg.patch_size, cfg.augment, seed),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    if mode.cache:
+        pairs = image_mask_pairs(patterns, tf_transform_output).cache().repeat()
+        pairs = pairs.shuffle(mode.shuffle_buffer, seed=cfg.seed)
+        patches = tf.data.Dataset.zip((pairs, seeds)).map(
+            lambda pair, seed: _augment(*pair, cfg.patch_size, cfg.augment, seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        spec = _pair_spec(tf_transform_output)
+        records = _streamed_records(mode.files, cfg.seed, repeat=True)
+        records = records.shuffle(mode.shuffle_buffer, seed=cfg.seed)
+        patches = tf.data.Dataset.zip((records, seeds)).map(
+            lambda serialized, seed: _augment(*_parse(serialized, spec), cfg.patch_size,
+                                              cfg.augment, seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     batches = patches.batch(cfg.batch_size * replicas, drop_remainder=True)
     return shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
                  replicas: int = 1) -> tf.data.Dataset:
-    """Whole images, each seen once per pass, `cfg.eval_batch_size` per replica."""
-    pairs = image_mask_pairs(patterns, tf_transform_output).cache()
+    """Whole images, each seen once per pass, `cfg.eval_batch_size` per replica; cached in
+    memory or streamed, as `choose_input_mode` decides."""
+    mode = choose_input_mode(patterns, tf_transform_output, cfg.cache_budget_mb, "eval input")
+    if mode.cache:
+        pairs = image_mask_pairs(patterns, tf_transform_output).cache()
+    else:
+        spec = _pair_spec(tf_transform_output)
+        pairs = _streamed_records(mode.files, None, repeat=False).map(
+            lambda serialized: _parse(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
     return shard_by_data(pairs.batch(cfg.eval_batch_size * replicas).prefetch(tf.data.AUTOTUNE))
