@@ -26,7 +26,9 @@ class TrainingConfig:
     # Per replica: each step trains on batch_size x strategy.num_replicas_in_sync patches (all
     # GPUs of all workers; 1 replica on CPU).
     batch_size: int = 2
-    train_steps: int = 700
+    # quick: 1,500 steps fill make run's 15 minutes on 2 cores with native bfloat16 (measured:
+    # 14 min 53 s, Trainer 840 s, membrane Dice 0.81, Rand 0.84); ~25 minutes in float32.
+    train_steps: int = 1500
     steps_per_epoch: int = 50
     eval_batch_size: int = 2  # per replica too
     loss: str = "dice2"
