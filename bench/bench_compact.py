@@ -1,8 +1,8 @@
-"""Measurement behind a decision: would storing Transform's output compactly pay?
+"""Measurement behind a decision: how should the Trainer's input be stored?
 
-Today Transform writes float32 `image_xf` (z-scored) and `mask_xf` ({0, 1}): 2 MiB per 512²
-example once parsed. Two alternatives, normalizing in the input pipeline with Transform's
-statistics instead:
+A materializing Transform wrote float32 `image_xf` (z-scored) and `mask_xf` ({0, 1}): 2 MiB per
+512² example once parsed. Two alternatives, normalizing in the input pipeline with Transform's
+statistics instead (the pipeline now takes the second):
 - "uint8 + statistics": Transform writes the decoded uint8 pixels (raw bytes features);
 - "raw PNG, not materialized": Transform only analyzes (Transform(materialize=False)) and the
   Trainer reads the ingested PNG examples, decoding them in tf.data as the Transform graph does.
@@ -26,9 +26,43 @@ import tensorflow as tf
 from unet_tfx import features as F
 from unet_tfx.config import load_profile
 from unet_tfx.ingest.records import make_example
-from unet_tfx.trainer.dataset import _augment, training_dataset
+from unet_tfx.trainer.dataset import _augment
 
 RAW_IMAGE, RAW_MASK = "image_u8", "mask_u8"
+
+
+def float_example(image, mask, mean: float, std: float) -> bytes:
+    """A serialized example as a materializing Transform wrote it: z-scored float image, {0, 1}
+    float mask, the statistics per example."""
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(
+            value=np.asarray(values, np.float32).ravel()))
+
+    feature = {F.IMAGE_XF: floats((np.asarray(image, np.float32) - mean) / std),
+               F.MASK_XF: floats(np.asarray(mask) > 0),
+               F.IMAGE_MEAN_XF: floats([mean]), F.IMAGE_STD_XF: floats([std])}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def float_dataset(path, cfg, size: int) -> tf.data.Dataset:
+    """The streamed training input reading materialized float examples."""
+    image = tf.io.FixedLenFeature([size, size, 1], tf.float32)
+    spec = {F.IMAGE_XF: image, F.MASK_XF: image}
+
+    def parse(serialized, seed):
+        parsed = tf.io.parse_single_example(serialized, spec)
+        return _augment(parsed[F.IMAGE_XF], parsed[F.MASK_XF], cfg.patch_size, cfg.augment,
+                        seed)
+
+    return _streamed(path, parse, cfg)
+
+
+def _streamed(path, parse, cfg) -> tf.data.Dataset:
+    records = tf.data.TFRecordDataset(str(path), compression_type="GZIP",
+                                      buffer_size=4 * 2**20).repeat().shuffle(128, seed=0)
+    seeds = tf.data.Dataset.random(seed=0).batch(2)
+    return (tf.data.Dataset.zip((records, seeds)).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def compact_example(image, mask, mean: float, std: float) -> bytes:
@@ -64,11 +98,7 @@ def compact_dataset(path, cfg, size: int) -> tf.data.Dataset:
         image = F.normalize(image, parsed[F.IMAGE_MEAN_XF][0], parsed[F.IMAGE_STD_XF][0])
         return _augment(image, tf.cast(mask, tf.float32), cfg.patch_size, cfg.augment, seed)
 
-    records = tf.data.TFRecordDataset(str(path), compression_type="GZIP",
-                                      buffer_size=4 * 2**20).repeat().shuffle(128, seed=0)
-    seeds = tf.data.Dataset.random(seed=0).batch(2)
-    return (tf.data.Dataset.zip((records, seeds)).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return _streamed(path, parse, cfg)
 
 
 def png_dataset(path, cfg, mean: float, std: float) -> tf.data.Dataset:
@@ -82,11 +112,7 @@ def png_dataset(path, cfg, mean: float, std: float) -> tf.data.Dataset:
         mask = F.binarize_mask(tf.io.decode_png(parsed[F.MASK], channels=1))
         return _augment(image, mask, cfg.patch_size, cfg.augment, seed)
 
-    records = tf.data.TFRecordDataset(str(path), compression_type="GZIP",
-                                      buffer_size=4 * 2**20).repeat().shuffle(128, seed=0)
-    seeds = tf.data.Dataset.random(seed=0).batch(2)
-    return (tf.data.Dataset.zip((records, seeds)).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return _streamed(path, parse, cfg)
 
 
 def rate(dataset, seconds: float, warmup: int = 5) -> float:
@@ -112,13 +138,11 @@ def main() -> None:
     pixels = np.stack([p[0] for p in pairs]).astype(np.float64)
     mean, std = float(pixels.mean()), float(pixels.std())
     cfg = dataclasses.replace(load_profile("quick").training, cache_budget_mb=0)  # streamed
-    spec = benchlib.TransformedSpec(size, size)
     # name: (file stem, example writer, streamed input, bytes per example when cached)
     formats = {
-        "float32 (today)": (
-            "float", lambda im, m: benchlib.transformed_example(im[..., None], m[..., None],
-                                                                mean, std),
-            lambda path: training_dataset([str(path)], spec, cfg), 2 * size * size * 4),
+        "float32 materialized": (
+            "float", lambda im, m: float_example(im[..., None], m[..., None], mean, std),
+            lambda path: float_dataset(path, cfg, size), 2 * size * size * 4),
         "uint8 + statistics": (
             "uint8", lambda im, m: compact_example(im, m, mean, std),
             lambda path: compact_dataset(path, cfg, size), 2 * size * size),
@@ -153,13 +177,13 @@ def main() -> None:
               f"{r['write_ms_per_example']:5.1f} ms/example, cached "
               f"{r['memory_bytes_per_example'] / 2**20:4.2f} MiB/example, streamed input "
               f"{r['input_patches_per_s']:6.1f} patches/s", flush=True)
-    today = results["float32 (today)"]
-    ratios = {name: {key: r[key] / today[key] for key in today}
-              for name, r in results.items() if name != "float32 (today)"}
+    before = results["float32 materialized"]
+    ratios = {name: {key: r[key] / before[key] for key in before}
+              for name, r in results.items() if name != "float32 materialized"}
     benchlib.save_results("bench_compact", {
         "question": "store Transform's image compactly instead of float32?",
         "count": args.count, "distinct": args.distinct, "results": results,
-        "over_today": ratios, "seconds": time.monotonic() - started,
+        "over_materialized_float32": ratios, "seconds": time.monotonic() - started,
     })
     plt = benchlib.pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -170,8 +194,8 @@ def main() -> None:
     ax.set_xticks(range(len(keys)), ["disk", "Transform write", "cached memory",
                                      "input patches/s"])
     ax.axhline(1, color="grey", linestyle="--")
-    ax.set_ylabel("relative to float32 (today)")
-    ax.set_title("Compact transformed storage vs today's float32")
+    ax.set_ylabel("relative to float32 materialized")
+    ax.set_title("Compact transformed storage vs materialized float32")
     ax.legend(fontsize=8)
     benchlib.save_chart("bench_compact", fig)
     print("relative to float32: " + "; ".join(

@@ -1,12 +1,13 @@
-"""Benchmark 2, the Trainer's input: patches/s of its real tf.data pipeline alone, reading
-transformed shards (augmentation on), against the rate the model consumes them in training.
+"""Benchmark 2, the Trainer's input: patches/s of its real tf.data pipeline alone, reading the
+raw ingested examples through the Transform graph (augmentation on), against the rate the model
+consumes them in training.
 
-Target: input ÷ model >= 3 at the `quick` profile with N = 5,000 transformed 512² examples
-(one GZIP file, as Transform writes one per split: 64 synthetic pairs from bench/synth.py,
-the file concatenated up to N; ~1.8 GB, reused across runs). At that size the input streams
-(N x 2 MiB > the 2,048 MiB cache budget). Also measured, for the record: the cached input on
-the first 400 examples, and the `test` profile (64² patches, 4-filter model) that benchmark 1
-trains, whose model is far faster.
+Target: input ÷ model >= 3 at the `quick` profile with N = 5,000 512² examples (one GZIP file of
+raw examples: 64 synthetic pairs from bench/synth.py, the file concatenated up to N; ~0.7 GB,
+reused across runs), transformed by the Transform graph of bench_pipeline.py's run. At that size
+the input streams (N x 2 MiB > the 2,048 MiB cache budget). Also measured, for the record: the
+cached input on the first 400 examples, and the `test` profile (64² patches, 4-filter model)
+that benchmark 1 trains, whose model is far faster.
 Usage: python bench/bench_input.py [--count 5000] [--seconds 20]
 """
 
@@ -15,6 +16,7 @@ import time
 
 import benchlib
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from unet_tfx.config import load_profile
 from unet_tfx.trainer.dataset import choose_input_mode, training_dataset
@@ -58,18 +60,18 @@ def model_rate(cfg, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=5000, help="transformed examples")
+    parser.add_argument("--count", type=int, default=5000, help="examples")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
     args = parser.parse_args()
 
     started = time.monotonic()
-    path = benchlib.synthetic_transformed_file(
-        benchlib.WORK / "input" / f"transformed-{args.count}.gz", args.count)
-    small = benchlib.synthetic_transformed_file(benchlib.WORK / "input" / "transformed-400.gz",
-                                                400)
+    path = benchlib.synthetic_examples_file(
+        benchlib.WORK / "input" / f"examples-{args.count}.gz", args.count)
+    small = benchlib.synthetic_examples_file(benchlib.WORK / "input" / "examples-400.gz", 400)
     print(f"data: {path} ({path.stat().st_size / 1e9:.2f} GB) ready in "
           f"{time.monotonic() - started:.0f} s")
-    spec = benchlib.TransformedSpec()
+    # The Transform graph of the bundled data (512² grey), applied to the synthetic examples.
+    spec = tft.TFTransformOutput(benchlib.pipeline_transform_output()["transform_graph"])
     quick = load_profile("quick").training
     test = load_profile("test").training
     results = {}

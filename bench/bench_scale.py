@@ -157,8 +157,6 @@ def run_one(count: int, beam_workers: int, max_rss: int, train_steps: int = 0,
         "component_seconds": {c["node"]: c["seconds"] for c in result.get("components", [])},
         "metrics": result.get("metrics"), "synthesis": synthesis,
         "examples_bytes": _folder_bytes(examples),
-        "transformed_bytes": _folder_bytes(workdir / "tfx" / "Transform" / "transformed_examples")
-        if (workdir / "tfx" / "Transform" / "transformed_examples").exists() else None,
         "rss_timeline": [(round(t - started, 1), rss) for t, rss in memory.samples[::4]],
     }
     status = "ok" if run["succeeded"] else (

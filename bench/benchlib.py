@@ -1,12 +1,11 @@
 """What the benchmarks share: results (JSON + one PNG chart each under bench/results/), the
-closing ratio line, process-tree memory polling, step timing, and test data in Transform's
-output format.
+closing ratio line, process-tree memory polling, step timing, and synthetic examples in the
+ingestion's format.
 
 Benchmarks import this from their own folder (`python bench/bench_x.py` puts bench/ first on
 sys.path).
 """
 
-import dataclasses
 import glob
 import json
 import os
@@ -201,64 +200,29 @@ def pipeline_transform_output(workdir=None) -> dict:
 
 
 def _newest_transform(root: Path) -> dict | None:
+    """The newest Transform graph and the raw examples the Trainer read with it (ExampleGen's)."""
     graphs = sorted(glob.glob(str(root / "Transform" / "transform_graph" / "*")),
                     key=os.path.getmtime)
-    for graph in reversed(graphs):
-        examples = root / "Transform" / "transformed_examples" / Path(graph).name
-        if (Path(graph) / "transform_fn").is_dir() and (examples / "Split-train").is_dir():
-            return {"transform_graph": graph,
-                    "train": [str(examples / "Split-train" / "*")],
-                    "eval": [str(examples / "Split-eval" / "*")]}
-    return None
+    examples = sorted(glob.glob(str(root / "ImportExampleGen" / "examples" / "*")),
+                      key=os.path.getmtime)
+    graphs = [g for g in graphs if (Path(g) / "transform_fn").is_dir()]
+    examples = [e for e in examples if (Path(e) / "Split-train").is_dir()]
+    if not graphs or not examples:
+        return None
+    return {"transform_graph": graphs[-1],
+            "train": [str(Path(examples[-1]) / "Split-train" / "*")],
+            "eval": [str(Path(examples[-1]) / "Split-eval" / "*")]}
 
 
-@dataclasses.dataclass
-class TransformedSpec:
-    """Stands in for tft.TFTransformOutput where only the transformed spec is read."""
-
-    height: int = 512
-    width: int = 512
-
-    def transformed_feature_spec(self) -> dict:
-        import tensorflow as tf
-
-        from unet_tfx import features as F
-
-        image = tf.io.FixedLenFeature([self.height, self.width, 1], tf.float32)
-        scalar = tf.io.FixedLenFeature([1], tf.float32)
-        return {F.IMAGE_XF: image, F.MASK_XF: image, F.IMAGE_MEAN_XF: scalar,
-                F.IMAGE_STD_XF: scalar}
-
-
-def transformed_example(image, mask, mean: float, std: float) -> bytes:
-    """A serialized example as Transform writes it: z-scored float image, {0, 1} float mask,
-    the statistics per example."""
-    import numpy as np
-    import tensorflow as tf
-
-    from unet_tfx import features as F
-
-    def floats(values):
-        return tf.train.Feature(float_list=tf.train.FloatList(
-            value=np.asarray(values, np.float32).ravel()))
-
-    feature = {
-        F.IMAGE_XF: floats((np.asarray(image, np.float32) - mean) / std),
-        F.MASK_XF: floats(np.asarray(mask) > 0),
-        F.IMAGE_MEAN_XF: floats([mean]),
-        F.IMAGE_STD_XF: floats([std]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def synthetic_transformed_file(path: Path, count: int, distinct: int = 64, seed: int = 0,
-                               size: int = 512) -> Path:
-    """One GZIP TFRecord file of `count` transformed examples, as Transform writes one file per
-    split: `distinct` synthetic pairs (bench/synth.py) written once, the file then concatenated
+def synthetic_examples_file(path: Path, count: int, distinct: int = 64, seed: int = 0,
+                            size: int = 512) -> Path:
+    """One GZIP TFRecord file of `count` raw examples as ingestion writes them (PNG image and
+    mask): `distinct` synthetic pairs (bench/synth.py) written once, the file then concatenated
     with itself (GZIP members read back to back) up to `count`. Reused if it exists."""
-    import numpy as np
     import synth
     import tensorflow as tf
+
+    from unet_tfx.ingest.records import make_example
 
     path = Path(path)
     marker = path.with_suffix(".json")
@@ -268,12 +232,10 @@ def synthetic_transformed_file(path: Path, count: int, distinct: int = 64, seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     distinct = min(distinct, count)
     pairs = [synth.pair(seed, i, size) for i in range(distinct)]
-    pixels = np.stack([image for image, _ in pairs]).astype(np.float64)
-    mean, std = float(pixels.mean()), float(pixels.std())
     unit = path.with_name(path.name + ".unit")
     with tf.io.TFRecordWriter(str(unit), options="GZIP") as writer:
         for image, mask in pairs:
-            writer.write(transformed_example(image[..., None], mask[..., None], mean, std))
+            writer.write(make_example("synth", image, mask))
     block = unit.read_bytes()
     copies, rest = divmod(count, distinct)
     with open(path, "wb") as out:
@@ -282,7 +244,7 @@ def synthetic_transformed_file(path: Path, count: int, distinct: int = 64, seed:
     if rest:  # the first `rest` pairs once more
         with tf.io.TFRecordWriter(str(unit), options="GZIP") as writer:
             for image, mask in pairs[:rest]:
-                writer.write(transformed_example(image[..., None], mask[..., None], mean, std))
+                writer.write(make_example("synth", image, mask))
         with open(path, "ab") as out:
             out.write(unit.read_bytes())
     unit.unlink()

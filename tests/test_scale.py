@@ -52,7 +52,8 @@ def test_synth_refuses_an_existing_folder(tmp_path):
 
 
 class _Spec:
-    """Stands in for tft.TFTransformOutput: the input reads only the transformed spec."""
+    """Stands in for tft.TFTransformOutput: a raw float feature `pixels` that its "Transform
+    graph" passes through as both image_xf and mask_xf."""
 
     def __init__(self, size):
         self.size = size
@@ -62,9 +63,15 @@ class _Spec:
         return {F.IMAGE_XF: image, F.MASK_XF: image,
                 F.IMAGE_MEAN_XF: tf.io.FixedLenFeature([1], tf.float32)}
 
+    def raw_feature_spec(self):
+        return {"pixels": tf.io.FixedLenFeature([self.size, self.size, 1], tf.float32)}
 
-def _transformed_files(folder: Path, count: int, size: int, files: int = 2) -> list[str]:
-    """GZIP shards of transformed examples whose mask equals the image (any misalignment of
+    def transform_features_layer(self):
+        return lambda raw: {F.IMAGE_XF: raw["pixels"], F.MASK_XF: raw["pixels"]}
+
+
+def _example_files(folder: Path, count: int, size: int, files: int = 2) -> list[str]:
+    """GZIP shards of examples whose transformed mask equals the image (any misalignment of
     the augmentation shows) and whose pixels encode the example number."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [str(folder / f"part-{i}.gz") for i in range(files)]
@@ -72,9 +79,7 @@ def _transformed_files(folder: Path, count: int, size: int, files: int = 2) -> l
     for i in range(count):
         pixels = (i * 10000 + np.arange(size * size, dtype=np.float32)).reshape(size, size, 1)
         floats = tf.train.Feature(float_list=tf.train.FloatList(value=pixels.ravel()))
-        example = tf.train.Example(features=tf.train.Features(feature={
-            F.IMAGE_XF: floats, F.MASK_XF: floats,
-            F.IMAGE_MEAN_XF: tf.train.Feature(float_list=tf.train.FloatList(value=[0.0]))}))
+        example = tf.train.Example(features=tf.train.Features(feature={"pixels": floats}))
         writers[i % files].write(example.SerializeToString())
     for writer in writers:
         writer.close()
@@ -89,7 +94,7 @@ def _has_cache(dataset) -> bool:
 def test_input_streams_beyond_the_cache_budget_and_caches_within_it(tmp_path, caplog, budget_mb,
                                                                     cached):
     size, count = 32, 12  # 12 examples x 8 KiB = 96 KiB parsed
-    patterns = _transformed_files(tmp_path / "xf", count, size)
+    patterns = _example_files(tmp_path / "raw", count, size)
     cfg = TrainingConfig(patch_size=16, batch_size=4, eval_batch_size=5, augment=True,
                          cache_budget_mb=budget_mb)
     mode = choose_input_mode(patterns, _Spec(size), cfg.cache_budget_mb)

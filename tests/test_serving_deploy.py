@@ -30,6 +30,7 @@ from unet_tfx import features as F
 from unet_tfx.components.schema import build_schema
 from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA, ServingLimits
+from unet_tfx.ingest.records import make_example
 from unet_tfx.serving import deploy, warmup
 from unet_tfx.trainer import tiling
 from unet_tfx.trainer.export import MASK_PNG, PROBABILITIES, build_signatures, export_serving_model
@@ -92,23 +93,15 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def eval_examples(transform_output, tmp_path_factory):
-    """Transform's eval split as the Trainer gets it: GZIP TFRecords of transformed examples
-    (float z-scores) of two eval images; and the raw 8-bit pixels they came from."""
+def eval_examples(tmp_path_factory):
+    """The eval split as the Trainer gets it: GZIP TFRecords of raw examples (the ingestion's
+    format) of two eval images; and their 8-bit pixels."""
     pixels = [_crop(BUNDLED_DATA / "image" / f"{i}.png") for i in EVAL_IDS]
     masks = [_crop(BUNDLED_DATA / "label" / f"{i}.png") for i in EVAL_IDS]
-    sizes = tf.constant([[SIZE]] * len(pixels), tf.int64)
-    raw = {F.IMAGE: tf.constant([[_png(p)] for p in pixels]),
-           F.MASK: tf.constant([[_png(m)] for m in masks]), F.HEIGHT: sizes, F.WIDTH: sizes}
-    transformed = transform_output.transform_features_layer()(raw)
-    path = str(tmp_path_factory.mktemp("transformed") / "eval-00000-of-00001.gz")
+    path = str(tmp_path_factory.mktemp("raw") / "eval-00000-of-00001.gz")
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for index in range(len(pixels)):
-            feature = {key: tf.train.Feature(float_list=tf.train.FloatList(
-                value=tf.reshape(transformed[key][index], [-1]).numpy()))
-                for key in (F.IMAGE_XF, F.IMAGE_MEAN_XF, F.IMAGE_STD_XF)}
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                         .SerializeToString())
+        for index, (image, mask) in enumerate(zip(pixels, masks, strict=True)):
+            writer.write(make_example(str(index), image, mask))
     return [path.replace("00000-of-00001", "*")], pixels
 
 
@@ -118,7 +111,7 @@ def tiled_dir(model, transform_output, eval_examples, tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("served") / "1")
     export_serving_model(model, transform_output, directory, channels=1, depth=4,
                          limits=dataclasses.asdict(TILED),
-                         warmup_images=warmup.eval_pngs(eval_examples[0], transform_output))
+                         warmup_images=warmup.eval_pngs(eval_examples[0]))
     return directory
 
 
@@ -262,9 +255,9 @@ def test_a_4096_image_round_trip_in_bounded_memory(tiled_dir, tmp_path):
 
 # --- warmup -----------------------------------------------------------------------------------
 
-def test_eval_pngs_restore_the_raw_pixels(eval_examples, transform_output):
+def test_eval_pngs_are_the_ingested_images(eval_examples):
     patterns, pixels = eval_examples
-    pngs = warmup.eval_pngs(patterns, transform_output)
+    pngs = warmup.eval_pngs(patterns)
     assert [_decode(p).tolist() for p in pngs] == [p.tolist() for p in pixels]
 
 

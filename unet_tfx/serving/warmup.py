@@ -3,8 +3,7 @@
 TF Serving replays these records (a TFRecord file of `PredictionLog`s) when it loads a version,
 before the version is marked AVAILABLE, so the first real request does not pay for the
 first run's allocations. The requests are `serving_default` calls on real eval images: the
-Trainer's eval split (Transform's output) de-normalized with Transform's own mean and standard
-deviation back to the 8-bit pixels the raw PNGs held, re-encoded as PNG.
+encoded images of the Trainer's raw eval examples, as ingested.
 
 A warmup request the model refuses makes TF Serving refuse to load the version, so the
 requests are checked against the model's `ServingLimits` before they are written.
@@ -14,7 +13,6 @@ import os
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from unet_tfx import features as F
@@ -25,22 +23,13 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_IMAGES = 2  # eval images; one request each, plus one request of all of them
 
 
-def eval_pngs(patterns: list[str], tf_transform_output: tft.TFTransformOutput,
-              count: int = WARMUP_IMAGES) -> list[bytes]:
-    """The first `count` images of Transform's (GZIP) eval examples as PNG bytes, their pixel
-    values restored from the z-scores (x = z·std + mean, rounded: the raw 8-bit values)."""
-    spec = tf_transform_output.transformed_feature_spec()
-    keys = (F.IMAGE_XF, F.IMAGE_MEAN_XF, F.IMAGE_STD_XF)
+def eval_pngs(patterns: list[str], count: int = WARMUP_IMAGES) -> list[bytes]:
+    """The encoded images of the first `count` raw (GZIP) eval examples, as ingested."""
     files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
-    pngs = []
-    for serialized in records:
-        parsed = tf.io.parse_single_example(serialized, {k: spec[k] for k in keys})
-        std = tf.maximum(tf.reshape(parsed[F.IMAGE_STD_XF], []), 1e-6)  # as F.normalize
-        pixels = parsed[F.IMAGE_XF] * std + tf.reshape(parsed[F.IMAGE_MEAN_XF], [])
-        pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
-        pngs.append(tf.io.encode_png(pixels).numpy())
-    return pngs
+    spec = {F.IMAGE: tf.io.FixedLenFeature([], tf.string)}
+    return [tf.io.parse_single_example(serialized, spec)[F.IMAGE].numpy()
+            for serialized in records]
 
 
 def warmup_requests(images: list[bytes], model_name: str = "",
