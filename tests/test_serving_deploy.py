@@ -16,19 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 import tf_keras as keras
 import yaml
 from google.protobuf import text_format
 from PIL import Image
 from tensorflow_serving.config import model_server_config_pb2
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
 from unet_tfx import cli, imaging
-from unet_tfx import features as F
-from unet_tfx.components.schema import build_schema
-from unet_tfx.components.transform import preprocessing_fn
 from unet_tfx.config import BUNDLED_DATA, ServingLimits
 from unet_tfx.ingest.records import make_example
 from unet_tfx.serving import deploy, warmup
@@ -37,7 +31,7 @@ from unet_tfx.trainer.export import MASK_PNG, PROBABILITIES, build_signatures, e
 from unet_tfx.trainer.model import build_unet
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = 64  # Transform analyzes 64² crops
+SIZE = 64  # conftest.transform_output analyzes 64² crops
 EVAL_IDS = (4, 9)  # two images of the eval split
 # The test profile's U-Net in small tiles, so 1024² is 100 tiles; images up to 4096².
 TILED = ServingLimits(max_pixels=4096 * 4096, tile_size=128, tile_overlap=32, tile_batch=4)
@@ -67,23 +61,6 @@ def mosaic(size: int) -> np.ndarray:
     rows = [np.concatenate([images[(r * count + c) % 30] for c in range(count)], axis=1)
             for r in range(count)]
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
-
-
-@pytest.fixture(scope="module")
-def transform_output(tmp_path_factory):
-    """A real Transform graph, analyzed over two 64² crops of membrane images."""
-    raw = [{F.IMAGE: [_png(_crop(BUNDLED_DATA / "image" / f"{i}.png"))],
-            F.MASK: [_png(_crop(BUNDLED_DATA / "label" / f"{i}.png"))],
-            F.HEIGHT: [SIZE], F.WIDTH: [SIZE], F.ID: [str(i).encode()]} for i in (0, 1)]
-    metadata = dataset_metadata.DatasetMetadata(build_schema(SIZE, SIZE))
-    directory = str(tmp_path_factory.mktemp("transform_output"))
-    config = {"image_height": SIZE, "image_width": SIZE, "channels": 1}
-    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
-        transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(
-            functools.partial(preprocessing_fn, custom_config=config))
-        _ = transform_fn | tft_beam.WriteTransformFn(directory)
-    metadata_io.write_metadata(metadata, f"{directory}/{tft.TFTransformOutput.RAW_METADATA_DIR}")
-    return tft.TFTransformOutput(directory)
 
 
 @pytest.fixture(scope="module")
