@@ -46,8 +46,10 @@ class TrainingConfig:
     jit_compile: str = "auto"
     # BackupAndRestore saves the training state every N steps (0: at the end of each epoch only),
     # so a killed Trainer resumes at most N steps back. The seed model's state is about 4x its
-    # 31 MB of weights (weights, Adam's two moments, the EMA) per save.
-    backup_every_steps: int = 25
+    # 31 MB of weights (weights, Adam's two moments, the EMA) per save: every 25 steps cost 9%
+    # of the quick profile's training speed (bench/bench_trainer.py); every 100 is ~1 minute of
+    # its training on 2 cores.
+    backup_every_steps: int = 100
     # Each Trainer input (training, eval) is cached in memory when its parsed examples fit this
     # many MiB (512² float32 image + mask: 2 MiB each, so ~1,000 examples), else streamed from
     # Transform's shards with a bounded shuffle buffer (unet_tfx/trainer/dataset.py).
