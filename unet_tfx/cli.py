@@ -22,14 +22,26 @@ def _register_run(subparsers) -> None:
     parser.add_argument("--beam-workers", type=int, default=1, metavar="N",
                         help="Beam DirectRunner worker processes: 1 runs in-process (default, "
                         "fastest on small data), 0 uses every core")
+    pairs = parser.add_argument_group("your own data, without a dataset file")
+    pairs.add_argument("--images", metavar="DIR", help="a folder of PNG/TIFF images: ingested "
+                       "(if --examples-dir has nothing yet) with sizes and channels read from "
+                       "the images; the inferred dataset file is written to the pipeline root")
+    pairs.add_argument("--masks", metavar="DIR", help="their masks, same file stems")
+    pairs.add_argument("--eval-count", type=int, metavar="N",
+                       help="examples held out for evaluation (default with --images: 0)")
     parser.set_defaults(func=_run)
 
 
 def _add_config_arguments(parser) -> None:
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                        help="model size and training schedule (default: quick)")
-    parser.add_argument("--examples-dir", help="ingested TFRecords (default: out/examples; the "
-                        "bundled membrane data is ingested there if missing)")
+    parser.add_argument("--dataset", metavar="FILE", help="a dataset file (YAML: name, images, "
+                        "masks, image_height, image_width, channels, eval_count, profile; see "
+                        "data/membrane/dataset.yaml); its paths default to out/<name>/...")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="model size and training schedule (default: the dataset's, quick)")
+    parser.add_argument("--examples-dir", help="ingested TFRecords (default: out/examples, or "
+                        "out/<name>/examples for a --dataset; ingested there if missing); "
+                        "without --dataset, image size and channels are read from its "
+                        "ingest.json")
     parser.add_argument("--pipeline-root", help="TFX artifacts and MLMD (default: out/tfx)")
     parser.add_argument("--serving-dir", help="TF Serving model base (default: out/serving)")
     parser.add_argument("--train-steps", type=int, help="override the profile's training steps")
@@ -53,10 +65,36 @@ def _add_config_arguments(parser) -> None:
                             help="pushed versions to keep under the serving base (default: 3)")
 
 
-def _config(args):
+def _dataset(args):
+    """The DatasetSpec of --dataset, or inferred from --images/--masks (run), else None."""
+    from unet_tfx.dataset_spec import infer_dataset, load_dataset
+
+    if getattr(args, "images", None):
+        return infer_dataset(args.images, args.masks, args.eval_count or 0)
+    return load_dataset(args.dataset) if args.dataset else None
+
+
+def _config(args, spec=None):
+    """The PipelineConfig of the flags: sizes from `spec` (a DatasetSpec), else from the
+    --examples-dir manifest, else the profile's; paths under out/<name>/ for a dataset."""
+    from unet_tfx.dataset_spec import from_examples
+
+    data, paths = {}, {}
+    if spec is not None:
+        data = {"name": f"unet-{spec.name}", "model_name": f"unet_{spec.name}",
+                "image_height": spec.image_height, "image_width": spec.image_width,
+                "channels": spec.channels}
+        paths = {key: os.path.join("out", spec.name, folder) for key, folder in
+                 (("examples_dir", "examples"), ("pipeline_root", "tfx"),
+                  ("serving_dir", "serving"))}
+    elif args.examples_dir:
+        data = from_examples(args.examples_dir)
+    profile = args.profile or (spec.profile if spec else "quick")
     return load_profile(
-        args.profile, examples_dir=args.examples_dir, pipeline_root=args.pipeline_root,
-        serving_dir=args.serving_dir, train_steps=args.train_steps,
+        profile, **data,
+        examples_dir=args.examples_dir or paths.get("examples_dir"),
+        pipeline_root=args.pipeline_root or paths.get("pipeline_root"),
+        serving_dir=args.serving_dir or paths.get("serving_dir"), train_steps=args.train_steps,
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
@@ -65,11 +103,18 @@ def _config(args):
 
 
 def _run(args) -> int:
+    from unet_tfx.dataset_spec import DATASET_FILE, write_dataset
     from unet_tfx.pipeline.local_runner import run_local
 
-    config = _config(args)
+    spec = _dataset(args)
+    config = _config(args, spec)
     log_file = console.log_to_file(config.pipeline_root)
-    summary = run_local(config, beam_workers=args.beam_workers)
+    if getattr(args, "images", None):
+        written = os.path.join(config.pipeline_root, DATASET_FILE)
+        write_dataset(spec, written)
+        print(f"dataset inferred from {args.images}: {spec.image_height}x{spec.image_width}, "
+              f"{spec.channels} channel(s); next time: --dataset {written}")
+    summary = run_local(config, beam_workers=args.beam_workers, dataset=spec)
     print(summary.format())
     if summary.pushed_to and config.split == "folders":
         from unet_tfx.serving.eval_pictures import write_eval_predictions
@@ -131,7 +176,7 @@ RESOURCE_FIELDS = ("trainer_cpus", "trainer_memory_gb", "trainer_gpus", "trainer
 def _compile(args) -> int:
     from unet_tfx.pipeline.kubeflow import SUFFIXES, compile_pipeline
 
-    config = _config(args).replace(**{
+    config = _config(args, _dataset(args)).replace(**{
         k: getattr(args, k) for k in RESOURCE_FIELDS if getattr(args, k) is not None})
     output = args.output or f"unet_tfx_pipeline{SUFFIXES[args.target]}"
     try:
@@ -193,9 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from unet_tfx.dataset_spec import DatasetError
+    from unet_tfx.ingest.errors import IngestError
+
     args = build_parser().parse_args(argv)
     console.setup(args.verbose)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DatasetError, IngestError) as error:  # a dataset file or folder the user gave
+        print(f"unet-tfx {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def resolve_uri(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def load_profile(name: str, **overrides) -> PipelineConfig:
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}: expected one of {sorted(PROFILES)}")
-    return PROFILES[name].replace(**{k: v for k, v in overrides.items() if v is not None})
+def load_profile(profile: str, **overrides) -> PipelineConfig:
+    """The named profile with `overrides` (PipelineConfig or TrainingConfig fields; None: kept)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: expected one of {sorted(PROFILES)}")
+    return PROFILES[profile].replace(**{k: v for k, v in overrides.items() if v is not None})

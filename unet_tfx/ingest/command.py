@@ -9,6 +9,9 @@ from unet_tfx.ingest.errors import IngestError
 
 EXAMPLES = """\
 examples:
+  # a dataset file (see data/membrane/dataset.yaml): sources, channels, eval_count
+  unet-tfx ingest --dataset data/membrane/dataset.yaml --output out/examples
+
   # the bundled membrane pairs, 6 of the 30 held out for evaluation
   unet-tfx ingest --images data/membrane/image --masks data/membrane/label \\
       --output out/examples --eval-count 6
@@ -46,7 +49,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    images = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--dataset", metavar="FILE", help="a dataset file: its images, masks, "
+                        "channels and eval_count (flags given here override them)")
+    images = parser.add_mutually_exclusive_group()
     images.add_argument("--images", metavar="DIR", help="folder of PNG/TIFF images")
     images.add_argument("--image-stack", metavar="TIFF", help="multi-page TIFF of images")
     masks = parser.add_mutually_exclusive_group()
@@ -56,12 +61,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="multi-page TIFF of masks, page i for image page i")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="output folder; must not exist unless --overwrite")
-    parser.add_argument("--eval-count", type=int, default=0, metavar="N",
+    parser.add_argument("--eval-count", type=int, metavar="N",
                         help="hold out N examples, evenly spread over the id-sorted list, in "
                         "OUTPUT/eval (the rest in OUTPUT/train); 0: all in OUTPUT (default)")
     parser.add_argument("--num-shards", type=int, default=0, metavar="N",
                         help="shards per split (default: one per 64 examples)")
-    parser.add_argument("--channels", type=int, default=1, metavar="N",
+    parser.add_argument("--channels", type=int, metavar="N",
                         help="expected image channels: 1 gray, 3 RGB, ... (default: 1)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help="reject images with more pixels (default: %(default)s = 4096*4096)")
@@ -83,17 +88,33 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _sources(args: argparse.Namespace) -> dict:
+    """ingest()'s sources, eval_count and channels: the flags', else the dataset file's."""
+    from unet_tfx.dataset_spec import load_dataset
+
+    keys = ("images", "masks", "image_stack", "mask_stack")
+    given = {key: getattr(args, key) for key in keys if getattr(args, key)}
+    spec = load_dataset(args.dataset) if args.dataset else None
+    if not given and spec is None:
+        raise IngestError("expected --images, --image-stack or --dataset")
+    sources = given or spec.sources()
+    defaults = {"eval_count": spec.eval_count if spec else 0,
+                "channels": spec.channels if spec else 1}
+    return {**sources, **{key: default if getattr(args, key) is None else getattr(args, key)
+                          for key, default in defaults.items()}}
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run `ingest` for parsed arguments: 0 on success, 2 (after `error: ...`) for bad input."""
+    from unet_tfx.dataset_spec import DatasetError
     from unet_tfx.ingest.driver import REJECTED, ingest
 
     try:
         summary = ingest(
-            args.output, images=args.images, masks=args.masks, image_stack=args.image_stack,
-            mask_stack=args.mask_stack, eval_count=args.eval_count, num_shards=args.num_shards,
-            channels=args.channels, max_pixels=args.max_pixels, overwrite=args.overwrite,
+            args.output, **_sources(args), num_shards=args.num_shards,
+            max_pixels=args.max_pixels, overwrite=args.overwrite,
             beam_args=args.beam_flags + args.beam_args, span=args.span, skip_bad=args.skip_bad)
-    except IngestError as exc:
+    except (IngestError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.rejected:

@@ -7,14 +7,13 @@ import time
 
 from tfx import v1 as tfx
 
-from unet_tfx.config import BUNDLED_DATA, PipelineConfig
+from unet_tfx.config import PipelineConfig
+from unet_tfx.dataset_spec import DEFAULT_DATASET, DatasetSpec, load_dataset
 from unet_tfx.pipeline.pipeline import create_pipeline, model_base
 from unet_tfx.pipeline.run_summary import RunSummary, summarize_run
 from unet_tfx.serving.local_model import served_versions
 
 log = logging.getLogger("unet_tfx.pipeline")
-
-BUNDLED_EVAL_COUNT = 6
 
 
 def direct_runner_args(workers: int) -> tuple:
@@ -33,21 +32,24 @@ def metadata_path(config: PipelineConfig) -> str:
     return os.path.join(os.path.abspath(config.pipeline_root), "metadata.sqlite")
 
 
-def ensure_examples(config: PipelineConfig) -> None:
-    """Ingest the bundled membrane data (24 train / 6 eval) if `examples_dir` has nothing yet."""
+def ensure_examples(config: PipelineConfig, dataset: DatasetSpec | None = None) -> None:
+    """Ingest `dataset` (default: the bundled membrane data, 24 train / 6 eval) if
+    `examples_dir` has nothing yet."""
     if os.path.exists(config.examples_dir):
         return
     from unet_tfx.ingest import ingest
 
-    log.info("no examples at %s: ingesting the bundled data from %s", config.examples_dir,
-             BUNDLED_DATA)
-    ingest(config.examples_dir, images=str(BUNDLED_DATA / "image"),
-           masks=str(BUNDLED_DATA / "label"), eval_count=BUNDLED_EVAL_COUNT)
+    dataset = dataset or load_dataset(DEFAULT_DATASET)
+    log.info("no examples at %s: ingesting the %s dataset", config.examples_dir, dataset.name)
+    ingest(config.examples_dir, **dataset.sources(), eval_count=dataset.eval_count,
+           channels=dataset.channels)
 
 
-def run_local(config: PipelineConfig, beam_workers: int = 1) -> RunSummary:
-    """Run (or re-run, reusing cached components) the pipeline and summarize what happened."""
-    ensure_examples(config)
+def run_local(config: PipelineConfig, beam_workers: int = 1,
+              dataset: DatasetSpec | None = None) -> RunSummary:
+    """Run (or re-run, reusing cached components) the pipeline and summarize what happened;
+    `dataset` is ingested first if `config.examples_dir` does not exist."""
+    ensure_examples(config, dataset)
     beam_args = direct_runner_args(beam_workers) + tuple(config.beam_args)
     config = dataclasses.replace(config, beam_args=beam_args)
     os.makedirs(config.pipeline_root, exist_ok=True)

@@ -18,22 +18,29 @@ def binary_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray
     return np.where(probabilities[..., 0] > threshold, 255, 0).astype(np.uint8)
 
 
-def overlay(grey: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """RGB: the image in grey with membrane probability (1 - p(cell)) painted red."""
+def overlay(image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """RGB: the image (grey [H, W] or [H, W, 1], or RGB) with membrane probability
+    (1 - p(cell)) painted red."""
     membrane = 1.0 - probabilities[..., 0]
-    rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=-1)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        rgb = image.astype(np.float32)
+    else:
+        rgb = np.repeat(image.reshape(image.shape[:2])[..., None].astype(np.float32), 3, axis=-1)
     rgb[..., 0] = rgb[..., 0] * (1 - membrane) + 255 * membrane
     rgb[..., 1:] *= (1 - 0.6 * membrane)[..., None]
     return rgb.clip(0, 255).astype(np.uint8)
 
 
 def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:
-    """Rows of pictures (grey or RGB) as one RGB grid, each cell² pixels."""
+    """Rows of pictures (grey or RGB) as one RGB grid, each scaled to fit cell² pixels."""
     width = max(len(r) for r in rows)
     sheet = Image.new("RGB", (width * cell, len(rows) * cell), "white")
     for y, row in enumerate(rows):
         for x, picture in enumerate(row):
-            tile = Image.fromarray(picture).convert("RGB").resize((cell, cell))
+            tile = Image.fromarray(picture.reshape(picture.shape[:2]) if picture.ndim == 3
+                                   and picture.shape[-1] == 1 else picture).convert("RGB")
+            scale = cell / max(tile.size)
+            tile = tile.resize((round(tile.width * scale), round(tile.height * scale)))
             sheet.paste(tile, (x * cell, y * cell))
     return np.asarray(sheet)
 

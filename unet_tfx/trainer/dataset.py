@@ -189,6 +189,29 @@ def _augment(image, mask, patch_size: int, flip: bool, seed: tf.Tensor):
     return both[..., :-1], both[..., -1:]
 
 
+def _image_size(tf_transform_output: tft.TFTransformOutput) -> tuple[int, int]:
+    height, width = _pair_spec(tf_transform_output)[F.IMAGE_XF].shape[:2]
+    return height, width
+
+
+def _fitting(side: int, multiple: int, what: str) -> int:
+    """The largest multiple of `multiple` (the U-Net's 2**depth) up to `side`."""
+    if side < multiple:
+        raise ValueError(f"{what}: images of side {side} are smaller than the U-Net's "
+                         f"2**depth = {multiple}: expected at least {multiple} pixels")
+    return side - side % multiple
+
+
+def patch_size(cfg: TrainingConfig, tf_transform_output: tft.TFTransformOutput) -> int:
+    """`cfg.patch_size`, or the largest patch the images hold when they are smaller."""
+    side = min(_image_size(tf_transform_output))
+    size = min(cfg.patch_size, _fitting(side, 2**cfg.depth, "training patches"))
+    if size != cfg.patch_size:
+        log.info("patches of %d² (patch_size %d does not fit the %dx%d images)", size,
+                 cfg.patch_size, *_image_size(tf_transform_output))
+    return size
+
+
 def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
                      replicas: int = 1) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented patch batches of `cfg.batch_size` per replica.
@@ -198,6 +221,7 @@ def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
     buffer, then transformed and cut in parallel maps.
     """
     mode = choose_input_mode(patterns, tf_transform_output, cfg.cache_budget_mb, "training input")
+    cfg = dataclasses.replace(cfg, patch_size=patch_size(cfg, tf_transform_output))
     seeds = tf.data.Dataset.random(seed=cfg.seed).batch(2)
     if mode.cache:
         pairs = image_mask_pairs(patterns, tf_transform_output).cache().repeat()
@@ -221,11 +245,18 @@ def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
 def eval_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
                  replicas: int = 1) -> tf.data.Dataset:
     """Whole images, each seen once per pass, `cfg.eval_batch_size` per replica; cached in
-    memory or streamed, as `choose_input_mode` decides."""
+    memory or streamed, as `choose_input_mode` decides. Sides that are not a multiple of the
+    U-Net's 2**depth are cropped to one (the Evaluator scores whole images through the serving
+    signature, which pads)."""
     mode = choose_input_mode(patterns, tf_transform_output, cfg.cache_budget_mb, "eval input")
     if mode.cache:
         pairs = image_mask_pairs(patterns, tf_transform_output).cache()
     else:
         pairs = _transformed(_streamed_records(mode.files, None, repeat=False),
                              transformer(tf_transform_output))
+    height, width = _image_size(tf_transform_output)
+    crop = [_fitting(side, 2**cfg.depth, "validation") for side in (height, width)]
+    if crop != [height, width]:
+        pairs = pairs.map(lambda image, mask: (image[:crop[0], :crop[1]],
+                                               mask[:crop[0], :crop[1]]))
     return shard_by_data(pairs.batch(cfg.eval_batch_size * replicas).prefetch(tf.data.AUTOTUNE))

@@ -194,19 +194,11 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
     def predict(images):
         return model(images, training=False)
 
-    def segment(images):
-        """Encoded images → probabilities [batch, H, W, 1]: the whole (padded) image in one
-        call, or in tiles when a padded side is above tile_size."""
-        def decode(encoded):
-            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-            return tf.cast(image, tf.float32)
-
-        images, _, _ = check_encoded_images(images, limits)
-        decoded = tf.map_fn(decode, images,
-                            fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
-        stats = model.tft_layer({F.HEIGHT: tf.zeros([1, 1], tf.int64)})
-        normalized = F.normalize(decoded, stats[F.IMAGE_MEAN_XF][0, 0], stats[F.IMAGE_STD_XF][0, 0])
-        height, width = tf.shape(decoded)[1], tf.shape(decoded)[2]
+    def predict_any_size(normalized):
+        """Normalized images [batch, H, W, C] of any size → probabilities [batch, H, W, 1]:
+        padded to a multiple of 2**depth, whole or in tiles when a padded side is above
+        tile_size, cropped back."""
+        height, width = tf.shape(normalized)[1], tf.shape(normalized)[2]
         padded = _pad_to_multiple(normalized, multiple)
         large = tf.reduce_any(tf.shape(padded)[1:3] > limits.tile_size)
         probabilities = tf.cond(
@@ -215,6 +207,19 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
                                          limits.tile_batch),
             lambda: predict(padded))
         return probabilities[:, :height, :width, :]
+
+    def segment(images):
+        """Encoded images → probabilities [batch, H, W, 1]."""
+        def decode(encoded):
+            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+            return tf.cast(image, tf.float32)
+
+        images, _, _ = check_encoded_images(images, limits)
+        decoded = tf.map_fn(decode, images,
+                            fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
+        stats = model.tft_layer({F.HEIGHT: tf.zeros([1, 1], tf.int64)})
+        return predict_any_size(F.normalize(decoded, stats[F.IMAGE_MEAN_XF][0, 0],
+                                            stats[F.IMAGE_STD_XF][0, 0]))
 
     @_signature("images")
     def serve_images(images):
@@ -239,7 +244,7 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
     @_signature("examples")
     def serve_examples(serialized):
         transformed = model.tft_layer(parse_checked(serialized, unlabeled_spec))
-        return {PROBABILITIES: model(transformed[F.IMAGE_XF], training=False)}
+        return {PROBABILITIES: predict_any_size(transformed[F.IMAGE_XF])}
 
     @_signature("examples")
     def transform_features(serialized):

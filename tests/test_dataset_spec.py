@@ -1,0 +1,149 @@
+"""Bring your own data: dataset files, sizes inferred from the data, and a non-square RGB dataset
+through ingest → Transform → Trainer → Evaluator → Pusher → serving at its own size."""
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFilter
+
+from unet_tfx.cli import _config, build_parser, main
+from unet_tfx.config import BUNDLED_DATA
+from unet_tfx.dataset_spec import (
+    DEFAULT_DATASET,
+    DatasetError,
+    DatasetSpec,
+    from_examples,
+    infer_dataset,
+    load_dataset,
+    write_dataset,
+)
+from unet_tfx.serving.local_model import latest_version
+
+HEIGHT, WIDTH = 200, 300  # non-square, and neither side a multiple of 16
+
+
+def write_ellipses(folder, count: int, size=(HEIGHT, WIDTH), rgb: bool = True, seed: int = 0):
+    """Blurred, noisy coloured ellipses on a dark background; masks 255 inside, 0 outside."""
+    rng = np.random.default_rng(seed)
+    (folder / "image").mkdir(parents=True)
+    (folder / "mask").mkdir()
+    height, width = size
+    for i in range(count):
+        mask = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(mask)
+        for _ in range(4):
+            x, y = rng.integers(0, width), rng.integers(0, height)
+            rx, ry = rng.integers(12, 40, size=2)
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
+        labels = np.asarray(mask)
+        colour = rng.integers(120, 255, size=3 if rgb else 1)
+        pixels = 30 + (labels[..., None] > 0) * (colour - 30) + rng.normal(0, 20, labels.shape
+                                                                            + colour.shape)
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8).squeeze())
+        image.filter(ImageFilter.GaussianBlur(1.5)).save(folder / "image" / f"{i}.png")
+        mask.save(folder / "mask" / f"{i}.png")
+    return folder / "image", folder / "mask"
+
+
+def test_the_bundled_dataset_file_describes_the_bundled_data():
+    spec = load_dataset(DEFAULT_DATASET)
+    assert (spec.name, spec.image_height, spec.image_width, spec.channels, spec.eval_count) == (
+        "membrane", 512, 512, 1, 6)
+    assert spec.sources() == {"images": str(BUNDLED_DATA / "image"),
+                              "masks": str(BUNDLED_DATA / "label")}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\nimage_height: 10\n", "missing field(s) image_width"),
+    ("name: x\nimage_height: 10\nimage_width: 10\ncolour: red\n", "unknown field(s) colour"),
+    ("name: x\nimage_height: ten\nimage_width: 10\n", "image_height is 'ten': expected a whole"),
+    ("name: x\nimage_height: 0\nimage_width: 10\n", "image_height is 0: expected a positive"),
+    ("name: x\nimage_height: 10\nimage_width: 10\nchannels: 2\n", "channels is 2: expected 1"),
+    ("name: x\nimage_height: 10\nimage_width: 10\nprofile: huge\n", "profile is 'huge'"),
+    ("name: a b\nimage_height: 10\nimage_width: 10\n", "name is 'a b'"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_a_bad_dataset_file_is_named_with_the_field_and_what_was_expected(tmp_path, text,
+                                                                           expected):
+    path = tmp_path / "dataset.yaml"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=str(path)) as error:
+        load_dataset(path)
+    assert expected in str(error.value)
+
+
+def test_a_missing_dataset_file_fails_the_cli_with_its_name(tmp_path, capsys):
+    assert main(["run", "--dataset", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: no such dataset file" in capsys.readouterr().err
+
+
+def test_a_dataset_file_round_trips_with_paths_relative_to_it(tmp_path):
+    spec = DatasetSpec(name="cells", image_height=HEIGHT, image_width=WIDTH, channels=3,
+                       images="image", masks="mask", eval_count=2, profile="test")
+    write_dataset(spec, tmp_path / "dataset.yaml")
+    assert not list(tmp_path.glob("*.partial"))
+    loaded = load_dataset(tmp_path / "dataset.yaml")
+    assert loaded == dataclasses.replace(spec, images=str(tmp_path / "image"),
+                                         masks=str(tmp_path / "mask"))
+
+
+def test_sizes_and_channels_are_inferred_from_the_images(tmp_path):
+    images, masks = write_ellipses(tmp_path / "cells", 3)
+    spec = infer_dataset(str(images), str(masks), eval_count=1)
+    assert (spec.name, spec.image_height, spec.image_width, spec.channels) == (
+        "cells", HEIGHT, WIDTH, 3)
+
+
+def test_images_of_different_sizes_are_refused_with_the_sizes_found(tmp_path):
+    images, masks = write_ellipses(tmp_path / "mixed", 2)
+    Image.new("RGB", (64, 32)).save(images / "odd.png")
+    Image.new("L", (64, 32)).save(masks / "odd.png")
+    with pytest.raises(DatasetError) as error:
+        infer_dataset(str(images), str(masks), eval_count=0)
+    assert "32x64, 3 channel(s): 1 file(s)" in str(error.value)
+    assert f"{HEIGHT}x{WIDTH}, 3 channel(s): 2 file(s)" in str(error.value)
+
+
+def test_ingest_takes_a_dataset_file_and_run_reads_sizes_from_the_examples(tmp_path):
+    write_ellipses(tmp_path / "cells", 4)
+    spec = DatasetSpec(name="cells", image_height=HEIGHT, image_width=WIDTH, channels=3,
+                       images="image", masks="mask", eval_count=1)
+    write_dataset(spec, tmp_path / "cells" / "dataset.yaml")
+    examples = tmp_path / "examples"
+    assert main(["ingest", "--dataset", str(tmp_path / "cells" / "dataset.yaml"),
+                 "--output", str(examples)]) == 0
+    manifest = json.loads((examples / "ingest.json").read_text())
+    assert manifest["splits"]["eval"]["count"] == 1 and manifest["channels"] == 3
+    assert from_examples(str(examples)) == {"image_height": HEIGHT, "image_width": WIDTH,
+                                            "channels": 3}
+    # The issue's case: `run --examples-dir` of non-square data validates against its own size.
+    config = _config(build_parser().parse_args(["run", "--examples-dir", str(examples)]))
+    assert (config.image_height, config.image_width, config.channels) == (HEIGHT, WIDTH, 3)
+
+
+@pytest.mark.e2e
+def test_a_non_square_rgb_folder_runs_end_to_end_and_serves_at_its_own_size(tmp_path, capsys):
+    images, masks = write_ellipses(tmp_path / "cells", 8)
+    root = tmp_path / "tfx"
+    code = main(["run", "--images", str(images), "--masks", str(masks), "--eval-count", "2",
+                 "--profile", "test", "--examples-dir", str(tmp_path / "examples"),
+                 "--pipeline-root", str(root), "--serving-dir", str(tmp_path / "serving")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    written = load_dataset(root / "dataset.yaml")
+    assert (written.name, written.image_height, written.image_width, written.channels,
+            written.eval_count) == ("cells", HEIGHT, WIDTH, 3, 2)
+    assert f"--dataset {root / 'dataset.yaml'}" in out
+    assert (root / "eval_predictions.png").stat().st_size > 0
+
+    model = tf.saved_model.load(latest_version(str(tmp_path / "serving" / "unet_cells")))
+    png = (images / "0.png").read_bytes()
+    answer = model.signatures["serving_default"](images=tf.constant([png]))
+    assert answer["probabilities"].shape == (1, HEIGHT, WIDTH, 1)
+    mask = Image.open(io.BytesIO(answer["mask_png_bytes"].numpy()[0]))
+    assert (mask.height, mask.width) == (HEIGHT, WIDTH)
