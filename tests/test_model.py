@@ -3,9 +3,20 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from skimage.measure import label
+from skimage.metrics import adapted_rand_error
 
 from unet_tfx.trainer.losses import dice_coef, dice_loss, two_class_dice_loss
-from unet_tfx.trainer.metrics import CellDice, MeanDice, MembraneDice, PixelAccuracy
+from unet_tfx.trainer.metrics import (
+    CellDice,
+    CellIou,
+    MeanDice,
+    MembraneDice,
+    MembraneIou,
+    PixelAccuracy,
+    RandScore,
+    VariationOfInformation,
+)
 from unet_tfx.trainer.model import build_unet, compile_unet
 
 
@@ -122,3 +133,58 @@ def test_ema_is_opt_in_and_keeps_adam_at_the_seed_rate():
     assert not plain.optimizer.use_ema
     assert averaged.optimizer.use_ema and averaged.optimizer.ema_momentum == 0.9
     assert float(averaged.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_iou_on_known_predictions():
+    truth = np.array([[1, 1, 0, 0]], "float32")
+    pred = np.array([[0.9, 0.2, 0.1, 0.8]], "float32")  # → [1, 0, 0, 1]
+    cell, membrane = CellIou(), MembraneIou()
+    for metric in (cell, membrane):
+        metric.update_state(truth, pred)
+    assert float(cell.result()) == pytest.approx(1 / 3)  # 1 / (2 + 2 - 1)
+    assert float(membrane.result()) == pytest.approx(1 / 3)
+
+
+def _cells_with_a_membrane(gap: bool) -> np.ndarray:
+    """[1, 32, 32, 1]: cell (1) left and right of a vertical membrane (0), cut by a gap."""
+    mask = np.ones((32, 32), "float32")
+    mask[:, 15:17] = 0
+    if gap:
+        mask[10:14, 15:17] = 1
+    return mask[None, ..., None]
+
+
+def test_region_metrics_see_the_gap_that_merges_two_cells():
+    truth = _cells_with_a_membrane(gap=False)
+    perfect, gapped = RandScore(), RandScore()
+    perfect.update_state(truth, truth)
+    gapped.update_state(truth, _cells_with_a_membrane(gap=True))
+    assert float(perfect.result()) == pytest.approx(1.0)
+    # Two cells predicted as one: skimage's adapted Rand error, on the same regions.
+    expected = 1 - adapted_rand_error(label(truth[0, ..., 0] > 0.5, connectivity=1),
+                                      np.where(_cells_with_a_membrane(True)[0, ..., 0] > 0.5,
+                                               1, 0))[0]
+    assert float(gapped.result()) == pytest.approx(expected, abs=1e-6)
+    assert 0.4 < expected < 0.9
+    # Pixel Dice barely moves (8 of 1,024 pixels): the region measure is what sees the merge.
+    dice = MembraneDice()
+    dice.update_state(truth, _cells_with_a_membrane(gap=True))
+    assert float(dice.result()) > 0.85
+    vi = VariationOfInformation()
+    vi.update_state(truth, truth)
+    assert float(vi.result()) == pytest.approx(0.0, abs=1e-9)
+    vi.update_state(truth, _cells_with_a_membrane(gap=True))
+    assert float(vi.result()) > 0.3  # mean of 0 and the merge's ~ln 2 (0.69) in nats
+
+
+def test_region_metric_states_add_up_across_batches_as_tfma_merges_them():
+    truth = np.concatenate([_cells_with_a_membrane(False)] * 2)
+    pred = np.concatenate([_cells_with_a_membrane(False), _cells_with_a_membrane(True)])
+    whole, first, second = RandScore(), RandScore(), RandScore()
+    whole.update_state(truth, pred)
+    first.update_state(truth[:1], pred[:1])
+    second.update_state(truth[1:], pred[1:])
+    merged = RandScore()
+    weights = zip(first.get_weights(), second.get_weights(), strict=True)
+    merged.set_weights([a + b for a, b in weights])
+    assert float(merged.result()) == pytest.approx(float(whole.result()))

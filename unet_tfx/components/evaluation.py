@@ -1,4 +1,5 @@
-"""The Evaluator's TFMA config: Dice metrics on whole eval images and the blessing gate."""
+"""The Evaluator's TFMA config: Dice, IoU and cell-region metrics on whole eval images, and the
+blessing gate."""
 
 import tensorflow_model_analysis as tfma
 
@@ -7,7 +8,8 @@ from unet_tfx import features as F
 METRICS_MODULE = "unet_tfx.trainer.metrics"
 # TFMA reports a tf_keras metric under its class name in snake case.
 GATED_METRIC = "membrane_dice"
-REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy")
+REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy", "MembraneIou",
+                    "CellIou", "RandScore", "VariationOfInformation")
 
 
 def eval_config(min_membrane_dice: float, max_dice_drop: float) -> tfma.EvalConfig:

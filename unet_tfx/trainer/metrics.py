@@ -1,12 +1,18 @@
 """Streaming segmentation metrics for Keras and TFMA (tf_keras.metrics.Metric subclasses).
 
-They flatten y_true/y_pred and binarize predictions at `threshold`, so they report hard values
-over all pixels seen (not a mean of per-batch values). TFMA reports each under its class name in
-snake case (e.g. `membrane_dice`).
+The pixel metrics (Dice, IoU, accuracy) flatten y_true/y_pred and binarize predictions at
+`threshold`, so they report hard values over all pixels seen (not a mean of per-batch values).
+The region metrics (Rand score, variation of information) score the cell regions of each whole
+image with scikit-image and report the mean over images. Every state is a sum, so TFMA can merge
+them across batches and workers. TFMA reports each under its class name in snake case (e.g.
+`membrane_dice`, `rand_score`).
 """
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from skimage.measure import label
+from skimage.metrics import adapted_rand_error, variation_of_information
 
 
 class _ThresholdMetric(keras.metrics.Metric):
@@ -65,6 +71,20 @@ class MembraneDice(_ClassDice):
     positive = False
 
 
+class CellIou(CellDice):
+    """Hard intersection over union of the cell class."""
+
+    def result(self):
+        union = self.total - self.intersection
+        return tf.cast(tf.math.divide_no_nan(self.intersection, union), tf.float32)
+
+
+class MembraneIou(CellIou):
+    """Hard intersection over union of the membrane class."""
+
+    positive = False
+
+
 class MeanDice(_ThresholdMetric):
     """Mean of the cell-class and membrane-class hard Dice."""
 
@@ -95,3 +115,49 @@ class PixelAccuracy(_ThresholdMetric):
 
     def result(self):
         return tf.cast(tf.math.divide_no_nan(self.correct, self.count), tf.float32)
+
+
+class _CellRegionScore(_ThresholdMetric):
+    """Mean over images of `score(truth_regions, predicted_regions)`: the cell regions are the
+    4-connected components of the cell class, in the labels and in the thresholded prediction
+    (a gap in a predicted membrane merges two cells)."""
+
+    def __init__(self, name=None, threshold: float = 0.5, **kwargs):
+        super().__init__(name=name, threshold=threshold, **kwargs)
+        self.total, self.images = self._sum("total"), self._sum("images")
+
+    @staticmethod
+    def score(truth: np.ndarray, prediction: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def _scores(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        height, width = y_true.shape[-3:-1]
+        truth = np.reshape(y_true, [-1, height, width]) > 0.5
+        pred = np.reshape(y_pred, [-1, height, width]) > self.threshold
+        return np.array([self.score(label(t, connectivity=1), label(p, connectivity=1))
+                         for t, p in zip(truth, pred, strict=True)], np.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        scores = tf.numpy_function(self._scores, [tf.cast(y_true, tf.float32),
+                                                  tf.cast(y_pred, tf.float32)], tf.float64)
+        self.total.assign_add(tf.reduce_sum(scores))
+        self.images.assign_add(tf.cast(tf.size(scores), tf.float64))
+
+    def result(self):
+        return tf.cast(tf.math.divide_no_nan(self.total, self.images), tf.float32)
+
+
+class RandScore(_CellRegionScore):
+    """1 - adapted Rand error of the cell regions (ISBI 2012's measure; higher is better)."""
+
+    @staticmethod
+    def score(truth, prediction):
+        return 1.0 - adapted_rand_error(truth, prediction)[0]
+
+
+class VariationOfInformation(_CellRegionScore):
+    """Variation of information between the cell regions, split + merge (lower is better)."""
+
+    @staticmethod
+    def score(truth, prediction):
+        return float(np.sum(variation_of_information(truth, prediction)))
