@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PYTHON310 ?= $(shell for p in python3.10 /root/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: all venv run test lint lock bench clean
+.PHONY: all venv run test lint lock bench clean browser
 all: venv
 
 venv: $(VENV)/.installed
@@ -26,8 +26,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: venv
 	$(VENV)/bin/unet-tfx run
 
-test: venv
+test: venv browser
 	$(VENV)/bin/pytest -q
+
+# Headless Chromium renders the HTML report in the tests: Debian's package (as root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends chromium || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium; }; }
 
 lint: venv
 	$(VENV)/bin/ruff check unet_tfx tests bench

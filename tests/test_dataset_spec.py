@@ -1,9 +1,13 @@
 """Bring your own data: dataset files, sizes inferred from the data, and a non-square RGB dataset
-through ingest → Transform → Trainer → Evaluator → Pusher → serving at its own size."""
+through ingest → Transform → Trainer → Evaluator → Pusher → serving at its own size, with the
+run's HTML report rendered in headless Chromium."""
 
 import dataclasses
 import io
 import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ from unet_tfx.dataset_spec import (
     load_dataset,
     write_dataset,
 )
+from unet_tfx.pipeline.report import FALSE_CELL, FALSE_MEMBRANE, error_map
 from unet_tfx.serving.local_model import latest_version
 
 HEIGHT, WIDTH = 200, 300  # non-square, and neither side a multiple of 16
@@ -47,6 +52,27 @@ def write_ellipses(folder, count: int, size=(HEIGHT, WIDTH), rgb: bool = True, s
         image.filter(ImageFilter.GaussianBlur(1.5)).save(folder / "image" / f"{i}.png")
         mask.save(folder / "mask" / f"{i}.png")
     return folder / "image", folder / "mask"
+
+
+def render_in_chromium(page, screenshot) -> Image.Image:
+    """A headless Chromium screenshot of the local HTML file `page` (Debian's chromium)."""
+    subprocess.run(
+        [shutil.which("chromium") or "/usr/bin/chromium", "--headless", "--no-sandbox",
+         "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={screenshot.parent / 'chromium-profile'}", "--window-size=1100,1800",
+         f"--screenshot={screenshot}", f"file://{page}"],
+        check=True, capture_output=True, timeout=120)
+    return Image.open(screenshot)
+
+
+def test_error_maps_paint_false_membrane_red_and_false_cell_blue():
+    image = np.full((2, 2), 200, np.uint8)
+    truth = np.array([[255, 255], [0, 0]], np.uint8)
+    predicted = np.array([[255, 0], [255, 0]], np.uint8)
+    errors = error_map(image, truth, predicted)
+    assert tuple(errors[0, 1]) == FALSE_MEMBRANE and tuple(errors[1, 0]) == FALSE_CELL
+    assert tuple(errors[0, 0]) == tuple(errors[1, 1]) == (100, 100, 100)
 
 
 def test_the_bundled_dataset_file_describes_the_bundled_data():
@@ -140,6 +166,17 @@ def test_a_non_square_rgb_folder_runs_end_to_end_and_serves_at_its_own_size(tmp_
             written.eval_count) == ("cells", HEIGHT, WIDTH, 3, 2)
     assert f"--dataset {root / 'dataset.yaml'}" in out
     assert (root / "eval_predictions.png").stat().st_size > 0
+    page = (root / "report.html").read_text()
+    assert "rand_score" in page and "variation_of_information" in page
+    per_image = [float(x) for x in re.findall(r"membrane Dice [0-9.]+, Rand ([0-9.]+)", page)]
+    assert len(per_image) == 2  # one heading per eval image
+    # The Evaluator's Rand score (TFMA, serving_examples) is the mean of the report's per image
+    # (serving_default on the PNGs, scored by the same metric class).
+    evaluator = float(re.search(r"^rand_score: ([0-9.]+)", out, re.M).group(1))
+    assert evaluator == pytest.approx(np.mean(per_image), abs=0.01)
+    screenshot = render_in_chromium(root / "report.html", tmp_path / "report.png")
+    assert screenshot.size == (1100, 1800)
+    assert np.asarray(screenshot.convert("L")).std() > 20  # a page of tables and pictures
 
     model = tf.saved_model.load(latest_version(str(tmp_path / "serving" / "unet_cells")))
     png = (images / "0.png").read_bytes()

@@ -188,3 +188,16 @@ def test_region_metric_states_add_up_across_batches_as_tfma_merges_them():
     weights = zip(first.get_weights(), second.get_weights(), strict=True)
     merged.set_weights([a + b for a, b in weights])
     assert float(merged.result()) == pytest.approx(float(whole.result()))
+    squeezed = RandScore()  # TFMA squeezes the channel away: [N, H, W]
+    squeezed.update_state(truth[..., 0], pred[..., 0])
+    assert float(squeezed.result()) == pytest.approx(float(whole.result()))
+
+
+def test_rand_score_of_a_prediction_without_cells_is_zero_and_images_without_cells_are_skipped():
+    truth = _cells_with_a_membrane(gap=False)
+    metric = RandScore()
+    metric.update_state(truth, np.zeros_like(truth))
+    assert float(metric.result()) == 0.0
+    metric.update_state(np.zeros_like(truth), truth)  # no cells in the labels: no score
+    metric.update_state(truth, truth)
+    assert float(metric.result()) == pytest.approx(0.5)  # mean of 0 and 1

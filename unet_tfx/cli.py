@@ -116,6 +116,7 @@ def _run(args) -> int:
               f"{spec.channels} channel(s); next time: --dataset {written}")
     summary = run_local(config, beam_workers=args.beam_workers, dataset=spec)
     print(summary.format())
+    _report(summary, config)
     if summary.pushed_to and config.split == "folders":
         from unet_tfx.serving.eval_pictures import write_eval_predictions
 
@@ -125,6 +126,42 @@ def _run(args) -> int:
         print(f"eval predictions (image, truth, overlay, prediction): {picture}")
     print(f"full log: {log_file}")
     return 0 if summary.succeeded else 1
+
+
+def _report(summary, config) -> None:
+    from unet_tfx.pipeline.report import REPORT, write_report
+
+    path = os.path.join(config.pipeline_root, REPORT)
+    images = write_report(summary, config, path)
+    print(f"report (metrics, training curves, {images} eval images with errors): {path}")
+
+
+def _register_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write the HTML report of the last local pipeline run",
+        description="Read the last run from ML Metadata under the pipeline root and write "
+        "report.html there: metrics and their change against the last blessed model, component "
+        "times, training curves, each eval image with truth, prediction and errors, settings. "
+        "Give the flags the run was given (they are the settings the page lists).")
+    _add_config_arguments(parser)
+    parser.set_defaults(func=_report_command)
+
+
+def _report_command(args) -> int:
+    from unet_tfx.pipeline.history import read_history
+    from unet_tfx.pipeline.local_runner import metadata_path
+
+    config = _config(args, _dataset(args))
+    try:
+        runs = read_history(metadata_path(config))
+    except FileNotFoundError as error:
+        print(f"unet-tfx report: {error}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"unet-tfx report: no runs in {metadata_path(config)}", file=sys.stderr)
+        return 2
+    _report(runs[-1], config)
+    return 0
 
 
 def _register_compile(subparsers) -> None:
@@ -232,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_compile(subparsers)
     register_submit(subparsers)
     _register_history(subparsers)
+    _register_report(subparsers)
     register_predict(subparsers)
     register_serving_config(subparsers)
     return parser

@@ -84,7 +84,8 @@ def eval_metrics(uri: str) -> tuple[dict, dict]:
     """Overall-slice metrics of the candidate, and their differences to the baseline."""
     result = tfma.load_eval_result(uri)
     _, slice_metrics = result.slicing_metrics[0]
-    values = {name: value["doubleValue"]
+    # JSON spells NaN and infinities as strings ("NaN"): float() reads both forms.
+    values = {name: float(value["doubleValue"])
               for name, value in slice_metrics.get("", {}).get("", {}).items()
               if "doubleValue" in value}
     metrics = {k: v for k, v in values.items() if not k.endswith(DIFF_SUFFIX)}

@@ -130,28 +130,41 @@ class _CellRegionScore(_ThresholdMetric):
     def score(truth: np.ndarray, prediction: np.ndarray) -> float:
         raise NotImplementedError
 
+    @staticmethod
+    def _images(batch: np.ndarray) -> np.ndarray:
+        """[N, H, W] from Keras's [N, H, W, 1] or TFMA's squeezed [N, H, W] (one image: [H, W])."""
+        return batch[..., 0] if batch.ndim == 4 else batch.reshape((-1,) + batch.shape[-2:])
+
     def _scores(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        height, width = y_true.shape[-3:-1]
-        truth = np.reshape(y_true, [-1, height, width]) > 0.5
-        pred = np.reshape(y_pred, [-1, height, width]) > self.threshold
+        truth = self._images(y_true) > 0.5
+        pred = self._images(y_pred) > self.threshold
         return np.array([self.score(label(t, connectivity=1), label(p, connectivity=1))
                          for t, p in zip(truth, pred, strict=True)], np.float64)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        """Images whose score is undefined (NaN) are left out of the mean."""
         scores = tf.numpy_function(self._scores, [tf.cast(y_true, tf.float32),
                                                   tf.cast(y_pred, tf.float32)], tf.float64)
-        self.total.assign_add(tf.reduce_sum(scores))
-        self.images.assign_add(tf.cast(tf.size(scores), tf.float64))
+        defined = tf.math.is_finite(scores)
+        self.total.assign_add(tf.reduce_sum(tf.where(defined, scores, 0.0)))
+        self.images.assign_add(tf.reduce_sum(tf.cast(defined, tf.float64)))
 
     def result(self):
         return tf.cast(tf.math.divide_no_nan(self.total, self.images), tf.float32)
 
 
 class RandScore(_CellRegionScore):
-    """1 - adapted Rand error of the cell regions (ISBI 2012's measure; higher is better)."""
+    """1 - adapted Rand error of the cell regions (ISBI 2012's measure; higher is better).
+
+    An image without cells in its labels has no score; a prediction without any cell scores 0
+    (scikit-image answers NaN for both)."""
 
     @staticmethod
     def score(truth, prediction):
+        if not truth.any():
+            return float("nan")
+        if not prediction.any():
+            return 0.0
         return 1.0 - adapted_rand_error(truth, prediction)[0]
 
 

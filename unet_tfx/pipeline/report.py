@@ -1,0 +1,161 @@
+"""`unet-tfx report`: one self-contained HTML page about a pipeline run, for a person to look at.
+
+Metrics with their change against the last blessed model, the components' states and times, the
+Trainer's training curves, and for every eval image the input, the truth, the prediction and an
+error map (false membrane red, false cell blue) with its membrane Dice and Rand score, then the
+run's settings. Pictures are embedded as PNG data URIs, so the page travels as one file.
+"""
+
+import base64
+import dataclasses
+import datetime
+import html
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from unet_tfx.config import PipelineConfig
+from unet_tfx.ingest import read_examples
+from unet_tfx.ingest.decode import encode_png
+from unet_tfx.pipeline.run_summary import RunSummary
+from unet_tfx.serving.local_model import LocalModel
+from unet_tfx.serving.pictures import binary_mask
+from unet_tfx.trainer.metrics import MembraneDice, RandScore
+
+REPORT = "report.html"
+FALSE_MEMBRANE = (230, 40, 40)  # truth cell, predicted membrane
+FALSE_CELL = (40, 110, 240)  # truth membrane, predicted cell
+# Metrics where lower is better: their change is coloured the other way round.
+LOWER_IS_BETTER = ("variation_of_information",)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 20px; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.better { color: #137333; } .worse { color: #c5221f; }
+img { max-width: 100%; }
+.images img { width: 192px; margin-right: 6px; image-rendering: pixelated; }
+.legend span { display: inline-block; width: 12px; height: 12px; vertical-align: middle; }
+"""
+
+
+def error_map(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """RGB: the image dimmed to grey, false membrane pixels red, false cell pixels blue."""
+    grey = image if image.ndim == 2 else image.reshape(image.shape[:2] + (-1,)).mean(axis=-1)
+    rgb = np.repeat((0.5 * grey.astype(np.float32))[..., None], 3, axis=-1)
+    truth_cell, predicted_cell = truth.reshape(grey.shape) > 0, predicted > 0
+    rgb[truth_cell & ~predicted_cell] = FALSE_MEMBRANE
+    rgb[~truth_cell & predicted_cell] = FALSE_CELL
+    return rgb.astype(np.uint8)
+
+
+def newest_artifact(pipeline_root: str, component: str, output: str) -> str | None:
+    """The newest artifact folder of `component`'s `output` (TFX names them by execution id)."""
+    folders = tf.io.gfile.glob(os.path.join(pipeline_root, component, output, "*"))
+    numbered = [f for f in folders if os.path.basename(f.rstrip("/")).isdigit()]
+    return max(numbered, key=lambda f: int(os.path.basename(f.rstrip("/"))), default=None)
+
+
+def _img(pixels: np.ndarray, alt: str) -> str:
+    data = base64.b64encode(encode_png(pixels)).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _score(metric, truth: np.ndarray, probabilities: np.ndarray) -> float:
+    """`metric` of one image: `truth` a [H, W] mask (0 membrane), `probabilities` [H, W, 1]."""
+    metric.update_state((truth > 0).astype(np.float32)[None, ..., None], probabilities[None])
+    return float(metric.result())
+
+
+def _metrics_table(summary: RunSummary) -> str:
+    rows = []
+    for name, value in sorted(summary.metrics.items()):
+        diff = summary.baseline_diffs.get(name)
+        change = ""
+        if diff is not None:
+            better = diff < 0 if name in LOWER_IS_BETTER else diff > 0
+            change = f'<span class="{"better" if better else "worse"}">{diff:+.4f}</span>'
+        rows.append(f"<tr><td>{html.escape(name)}</td><td class=num>{value:.4f}</td>"
+                    f"<td class=num>{change or '-'}</td></tr>")
+    return ("<table><tr><th>metric (eval split)</th><th>value</th>"
+            "<th>vs last blessed</th></tr>" + "".join(rows) + "</table>")
+
+
+def _components_table(summary: RunSummary) -> str:
+    rows = "".join(f"<tr><td>{html.escape(c.node)}</td><td>{c.state}</td>"
+                   f"<td class=num>{c.seconds:.1f}</td></tr>" for c in summary.components)
+    return f"<table><tr><th>component</th><th>state</th><th>seconds</th></tr>{rows}</table>"
+
+
+def _settings_table(config: PipelineConfig) -> str:
+    flat = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in flat.items())
+    return f"<table>{rows}</table>"
+
+
+def _image_rows(model_dir: str, eval_examples: str) -> tuple[str, int]:
+    model = LocalModel(model_dir)
+    rows = []
+    for example in read_examples(eval_examples):
+        image, truth = example["image"], example["mask"]
+        probabilities = model.segment([encode_png(image)])[0]
+        predicted = binary_mask(probabilities)
+        dice = _score(MembraneDice(), truth, probabilities)
+        rand = _score(RandScore(), truth, probabilities)
+        rows.append(
+            f"<h3>{html.escape(example['id'])}: membrane Dice {dice:.3f}, Rand {rand:.3f}</h3>"
+            f'<div class="images">{_img(image, "image")}{_img(truth, "truth")}'
+            f'{_img(predicted, "prediction")}'
+            f'{_img(error_map(image, truth, predicted), "errors")}</div>')
+    return "".join(rows), len(rows)
+
+
+def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
+    """Write the page for `summary`'s run to `path` (via a temporary file); return how many eval
+    images it shows. The images show the pushed model, else the Trainer's newest candidate."""
+    root = config.pipeline_root
+    model_dir = summary.pushed_to
+    if not model_dir and (candidate := newest_artifact(root, "Trainer", "model")):
+        model_dir = os.path.join(candidate, "Format-Serving")
+    curves = newest_artifact(root, "Trainer", "model_run")
+    curves = curves and os.path.join(curves, "training_curves.png")
+    started = datetime.datetime.fromtimestamp(summary.started, datetime.timezone.utc)
+    parts = [
+        f"<h1>{html.escape(config.name)}: run of {started:%Y-%m-%d %H:%M} UTC</h1>",
+        f"<p>blessed: <b>{summary.blessed}</b>; pushed: "
+        f"<b>{html.escape(summary.pushed_to or 'nothing')}</b>; wall time "
+        f"{summary.wall_seconds:.0f} s"
+        + (f"; <b>failed</b>: {html.escape(str(summary.error))}" if summary.error else "")
+        + "</p>",
+        "<h2>Metrics</h2>", _metrics_table(summary),
+        "<h2>Components</h2>", _components_table(summary),
+    ]
+    if curves and tf.io.gfile.exists(curves):
+        with tf.io.gfile.GFile(curves, "rb") as f:
+            data = base64.b64encode(f.read()).decode()
+        parts += ["<h2>Training curves</h2>",
+                  f'<img alt="training curves" src="data:image/png;base64,{data}">']
+    count = 0
+    eval_examples = os.path.join(config.examples_dir, "eval")
+    if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
+        rows, count = _image_rows(model_dir, eval_examples)
+        parts += ["<h2>Eval images</h2>",
+                  '<p class="legend">image, truth, prediction, errors: '
+                  f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
+                  f'<span style="background: rgb{FALSE_CELL}"></span> false cell '
+                  f"(model {html.escape(model_dir)})</p>", rows]
+    parts += ["<h2>Settings</h2>", _settings_table(config)]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    with tf.io.gfile.GFile(f"{path}.partial", "w") as f:
+        f.write(page)
+    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
+    return count
