@@ -25,6 +25,9 @@ from unet_tfx.dataset_spec import (
     load_dataset,
     write_dataset,
 )
+from unet_tfx.ingest import ingest
+from unet_tfx.ingest.errors import IngestError
+from unet_tfx.pipeline.cross_validation import fold_ids
 from unet_tfx.pipeline.report import FALSE_CELL, FALSE_MEMBRANE, error_map
 from unet_tfx.serving.local_model import latest_version
 
@@ -184,3 +187,53 @@ def test_a_non_square_rgb_folder_runs_end_to_end_and_serves_at_its_own_size(tmp_
     assert answer["probabilities"].shape == (1, HEIGHT, WIDTH, 1)
     mask = Image.open(io.BytesIO(answer["mask_png_bytes"].numpy()[0]))
     assert (mask.height, mask.width) == (HEIGHT, WIDTH)
+
+
+def test_a_fixed_eval_list_is_the_eval_split(tmp_path):
+    write_ellipses(tmp_path / "cells", 5, size=(32, 48), rgb=False)
+    (tmp_path / "cells" / "dataset.yaml").write_text(
+        "name: cells\nimages: image\nmasks: mask\nimage_height: 32\nimage_width: 48\n"
+        "eval_ids: [1, 3]\n")
+    spec = load_dataset(tmp_path / "cells" / "dataset.yaml")
+    assert spec.eval_ids == ("1", "3")
+    examples = tmp_path / "examples"
+    assert main(["ingest", "--dataset", str(tmp_path / "cells" / "dataset.yaml"),
+                 "--output", str(examples)]) == 0
+    splits = json.loads((examples / "ingest.json").read_text())["splits"]
+    assert splits["eval"]["ids"] == ["1", "3"] and splits["train"]["ids"] == ["0", "2", "4"]
+    with pytest.raises(IngestError, match="eval ids not among the 5 examples: 7"):
+        ingest(str(tmp_path / "other"), **dataclasses.replace(spec, eval_ids=("1", "7"))
+               .ingest_args())
+    assert not (tmp_path / "other").exists()
+
+
+def test_folds_are_seeded_disjoint_and_cover_every_example():
+    ids = [str(i) for i in range(30)]
+    folds = fold_ids(ids, 5, seed=42)
+    assert [len(f) for f in folds] == [6] * 5
+    assert sorted((i for f in folds for i in f), key=int) == ids
+    assert folds == fold_ids(ids, 5, seed=42) and folds != fold_ids(ids, 5, seed=7)
+    with pytest.raises(ValueError, match="folds 31: expected 2 to 30"):
+        fold_ids(ids, 31, seed=42)
+
+
+@pytest.mark.e2e
+def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tmp_path, capsys):
+    images, masks = write_ellipses(tmp_path / "cells", 6, size=(64, 96), rgb=False)
+    output = tmp_path / "cv"
+    assert main(["cv", "--folds", "2", "--images", str(images), "--masks", str(masks),
+                 "--profile", "test", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((output / "cv.json").read_text())
+    evals = [fold["eval_ids"] for fold in record["per_fold"]]
+    assert sorted(evals[0] + evals[1], key=int) == [str(i) for i in range(6)]
+    for k, fold in enumerate(record["per_fold"], start=1):
+        # Each fold's Evaluator judged exactly its eval ids.
+        manifest = json.loads((output / f"fold-{k}" / "examples" / "ingest.json").read_text())
+        assert manifest["splits"]["eval"]["ids"] == fold["eval_ids"]
+        assert 0.0 <= fold["metrics"]["rand_score"] <= 1.0
+    dice = [fold["metrics"]["membrane_dice"] for fold in record["per_fold"]]
+    assert record["summary"]["membrane_dice"]["mean"] == pytest.approx(np.mean(dice))
+    assert record["summary"]["membrane_dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
+    assert "2-fold cross-validation, mean ± std:" in out
+    assert f"membrane_dice              {np.mean(dice):.4f} ± " in out

@@ -22,14 +22,18 @@ def _register_run(subparsers) -> None:
     parser.add_argument("--beam-workers", type=int, default=1, metavar="N",
                         help="Beam DirectRunner worker processes: 1 runs in-process (default, "
                         "fastest on small data), 0 uses every core")
+    _add_pairs_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def _add_pairs_arguments(parser) -> None:
     pairs = parser.add_argument_group("your own data, without a dataset file")
     pairs.add_argument("--images", metavar="DIR", help="a folder of PNG/TIFF images: ingested "
                        "(if --examples-dir has nothing yet) with sizes and channels read from "
-                       "the images; the inferred dataset file is written to the pipeline root")
+                       "the images; run writes the inferred dataset file to the pipeline root")
     pairs.add_argument("--masks", metavar="DIR", help="their masks, same file stems")
     pairs.add_argument("--eval-count", type=int, metavar="N",
                        help="examples held out for evaluation (default with --images: 0)")
-    parser.set_defaults(func=_run)
 
 
 def _add_config_arguments(parser) -> None:
@@ -164,6 +168,47 @@ def _report_command(args) -> int:
     return 0
 
 
+def _register_cv(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cv", help="k-fold cross-validation of a dataset with the pipeline itself",
+        description="Shuffle the dataset's examples with --seed, deal them into --folds eval "
+        "sets, and run the whole local pipeline once per fold (ingest, Transform, Trainer, "
+        "Evaluator) under OUTPUT/fold-K; print each fold's metrics and the mean ± std of every "
+        "metric, also written to OUTPUT/cv.json. Finished folds are reused from their caches.",
+        epilog="example: unet-tfx cv --folds 5 --profile quick   (the bundled data; on GPU "
+        "workers: --profile full)")
+    _add_config_arguments(parser)
+    _add_pairs_arguments(parser)
+    parser.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    parser.add_argument("--seed", type=int, default=42, help="shuffling seed (default: 42)")
+    parser.add_argument("--output", help="folder of the folds (default: out/<name>/cv)")
+    parser.add_argument("--beam-workers", type=int, default=1, metavar="N",
+                        help="Beam DirectRunner worker processes (as for run)")
+    parser.set_defaults(func=_cv)
+
+
+def _cv(args) -> int:
+    from unet_tfx.dataset_spec import DEFAULT_DATASET, load_dataset
+    from unet_tfx.pipeline.cross_validation import (
+        CrossValidationError,
+        cross_validate,
+        format_results,
+    )
+
+    spec = _dataset(args) or load_dataset(DEFAULT_DATASET)
+    config = _config(args, spec)
+    output = args.output or os.path.join("out", spec.name, "cv")
+    log_file = console.log_to_file(output)
+    try:
+        record = cross_validate(spec, config, args.folds, args.seed, output, args.beam_workers)
+    except (CrossValidationError, ValueError) as error:
+        print(f"unet-tfx cv: {error}", file=sys.stderr)
+        return 1 if isinstance(error, CrossValidationError) else 2
+    print(format_results(record))
+    print(f"results: {os.path.join(output, 'cv.json')}\nfull log: {log_file}")
+    return 0
+
+
 def _register_compile(subparsers) -> None:
     parser = subparsers.add_parser(
         "compile",
@@ -270,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_submit(subparsers)
     _register_history(subparsers)
     _register_report(subparsers)
+    _register_cv(subparsers)
     register_predict(subparsers)
     register_serving_config(subparsers)
     return parser

@@ -7,6 +7,7 @@
     image_width: 512
     channels: 1               # 1 gray, 3 RGB
     eval_count: 6             # examples held out for evaluation, spread over the sorted ids
+    # eval_ids: [a, b]        # or exactly these examples (file stems) for evaluation
     profile: quick            # the default profile for this data (--profile overrides)
 
 Relative paths are read from the file's folder. The bundled membrane data is the default
@@ -44,11 +45,17 @@ class DatasetSpec:
     image_stack: str = ""
     mask_stack: str = ""
     eval_count: int = 0
+    eval_ids: tuple = ()
     profile: str = "quick"
 
     def sources(self) -> dict:
         """The ingestion's source arguments that are set."""
         return {key: getattr(self, key) for key in SOURCES if getattr(self, key)}
+
+    def ingest_args(self) -> dict:
+        """Keyword arguments of `unet_tfx.ingest.ingest` for this dataset."""
+        return {**self.sources(), "eval_count": self.eval_count, "eval_ids": self.eval_ids,
+                "channels": self.channels}
 
 
 def _checked(data: dict, where: str) -> DatasetSpec:
@@ -66,6 +73,11 @@ def _checked(data: dict, where: str) -> DatasetSpec:
             raise DatasetError(f"{where}: {key} is {value!r}: expected a whole number")
         if fields[key].type is str and not isinstance(value, str):
             raise DatasetError(f"{where}: {key} is {value!r}: expected text")
+    ids = data.get("eval_ids", ())
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, (str, int)) for i in ids):
+        raise DatasetError(f"{where}: eval_ids is {ids!r}: expected a list of example ids "
+                           "(the files' stems)")
+    data = {**data, "eval_ids": tuple(str(i) for i in ids)}
     for key in ("image_height", "image_width"):
         if data[key] < 1:
             raise DatasetError(f"{where}: {key} is {data[key]}: expected a positive size in pixels")
@@ -99,7 +111,8 @@ def load_dataset(path) -> DatasetSpec:
 
 def write_dataset(spec: DatasetSpec, path) -> None:
     """Write `spec` as a dataset file (through a temporary name, then renamed)."""
-    data = {k: v for k, v in dataclasses.asdict(spec).items() if v not in ("", None)}
+    data = {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(spec).items() if v not in ("", None, ())}
     tmp = f"{path}.partial"
     with tf.io.gfile.GFile(tmp, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)

@@ -100,8 +100,11 @@ def _sources(args: argparse.Namespace) -> dict:
     sources = given or spec.sources()
     defaults = {"eval_count": spec.eval_count if spec else 0,
                 "channels": spec.channels if spec else 1}
-    return {**sources, **{key: default if getattr(args, key) is None else getattr(args, key)
-                          for key, default in defaults.items()}}
+    chosen = {key: default if getattr(args, key) is None else getattr(args, key)
+              for key, default in defaults.items()}
+    if spec and args.eval_count is None:
+        chosen["eval_ids"] = spec.eval_ids
+    return {**sources, **chosen}
 
 
 def run_command(args: argparse.Namespace) -> int:

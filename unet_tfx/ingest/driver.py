@@ -31,7 +31,7 @@ class IngestSummary:
 
 
 def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None,
-           eval_count: int = 0, num_shards: int = 0, channels: int = 1,
+           eval_count: int = 0, eval_ids=(), num_shards: int = 0, channels: int = 1,
            max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False,
            beam_args: list[str] | None = None, span: int | str | None = None,
            skip_bad: bool = False) -> IngestSummary:
@@ -40,7 +40,8 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     Sources: `images` and optional `masks` folders (PNG/TIFF paired by file stem), or an
     `image_stack` and optional `mask_stack` (multi-page TIFFs paired by page). With `eval_count`
     N > 0, N examples spread evenly over the id-sorted list go to <output>/eval/ and the rest to
-    <output>/train/; otherwise all shards go into <output>/. With `span` (a number or "next"),
+    <output>/train/ (`eval_ids` instead names the eval examples); otherwise all shards go
+    into <output>/. With `span` (a number or "next"),
     all of that goes into <output>/span-N/ beside the spans already there.
 
     Bad input raises IngestError, leaving nothing behind at `output`; bad files (unreadable,
@@ -57,7 +58,7 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     if max_pixels < 1:
         raise IngestError(f"max_pixels {max_pixels}: expected at least 1")
     refs = sources.find_sources(images, masks, image_stack, mask_stack)
-    splits = sources.split_eval(refs, eval_count)
+    splits = sources.split_eval(refs, eval_count, eval_ids)
     destination = Path(output)
     if span is not None:
         destination = Path(span_dir(output, choose_span(output, span)))

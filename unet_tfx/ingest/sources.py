@@ -47,12 +47,21 @@ def find_sources(images=None, masks=None, image_stack=None, mask_stack=None) -> 
     return sorted(refs, key=lambda ref: natural_key(ref.id))
 
 
-def split_eval(refs: list[Ref], eval_count: int) -> dict[str, list[Ref]]:
-    """{"train": ..., "eval": ...} with `eval_count` refs spread evenly over `refs` for eval.
+def split_eval(refs: list[Ref], eval_count: int, eval_ids=()) -> dict[str, list[Ref]]:
+    """{"train": ..., "eval": ...} with `eval_count` refs spread evenly over `refs` for eval, or
+    exactly the refs of `eval_ids` when given.
 
     The k-th eval ref is refs[(k + 1) * n // eval_count - 1]: of 30 refs, 6 are every 5th one.
-    With eval_count 0 everything goes to the one split `ALL`.
+    With eval_count 0 (and no eval_ids) everything goes to the one split `ALL`.
     """
+    if eval_ids:
+        known = {ref.id for ref in refs}
+        if unknown := set(eval_ids) - known:
+            raise IngestError(f"eval ids not among the {len(refs)} examples: {_some(unknown)}")
+        if len(set(eval_ids)) >= len(refs):
+            raise IngestError("every example is in eval_ids: training needs at least one")
+        return {"train": [r for r in refs if r.id not in eval_ids],
+                "eval": [r for r in refs if r.id in eval_ids]}
     if not 0 <= eval_count < len(refs):
         raise IngestError(f"eval_count {eval_count}: expected 0 to {len(refs) - 1}: there are "
                           f"{len(refs)} examples and training needs at least one")

@@ -41,8 +41,7 @@ def ensure_examples(config: PipelineConfig, dataset: DatasetSpec | None = None) 
 
     dataset = dataset or load_dataset(DEFAULT_DATASET)
     log.info("no examples at %s: ingesting the %s dataset", config.examples_dir, dataset.name)
-    ingest(config.examples_dir, **dataset.sources(), eval_count=dataset.eval_count,
-           channels=dataset.channels)
+    ingest(config.examples_dir, **dataset.ingest_args())
 
 
 def run_local(config: PipelineConfig, beam_workers: int = 1,

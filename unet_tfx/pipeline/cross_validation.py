@@ -1,0 +1,91 @@
+"""`unet-tfx cv`: k-fold cross-validation of a dataset with the pipeline itself.
+
+The ids are shuffled with a seed and dealt into k folds; fold i is ingested with its ids as the
+eval split, and the whole local pipeline (Transform, Trainer, Evaluator) runs on it under
+`<output>/fold-i/`. Each fold's Evaluator metrics are collected, and their mean and standard
+deviation written to `<output>/cv.json`. A re-run reuses the finished folds from their caches.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from unet_tfx.config import PipelineConfig
+from unet_tfx.dataset_spec import DatasetSpec
+from unet_tfx.ingest.sources import find_sources, natural_key
+from unet_tfx.pipeline.local_runner import run_local
+
+log = logging.getLogger("unet_tfx.pipeline")
+RESULTS = "cv.json"
+# The columns printed per fold (every metric is in cv.json).
+SHOWN = ("membrane_dice", "mean_dice", "rand_score", "variation_of_information")
+
+
+class CrossValidationError(RuntimeError):
+    """A fold's pipeline run failed; the message names the fold and its folder."""
+
+
+def fold_ids(ids: list[str], folds: int, seed: int) -> list[list[str]]:
+    """`ids` shuffled with `seed` and dealt into `folds` disjoint eval sets covering them all."""
+    if not 2 <= folds <= len(ids):
+        raise ValueError(f"folds {folds}: expected 2 to {len(ids)} (the number of examples)")
+    shuffled = sorted(ids, key=natural_key)
+    random.Random(seed).shuffle(shuffled)
+    return [sorted(shuffled[k::folds], key=natural_key) for k in range(folds)]
+
+
+def summarize_folds(per_fold: list[dict]) -> dict:
+    """{metric: {"mean", "std"}} over the folds (std with k - 1 degrees of freedom)."""
+    names = sorted(set.intersection(*(set(m) for m in per_fold)))
+    return {name: {"mean": float(np.mean([m[name] for m in per_fold])),
+                   "std": float(np.std([m[name] for m in per_fold], ddof=1))} for name in names}
+
+
+def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, seed: int,
+                   output: str, beam_workers: int = 1) -> dict:
+    """Run the pipeline once per fold; return (and write to <output>/cv.json) every fold's ids
+    and metrics and their mean ± std."""
+    ids = [ref.id for ref in find_sources(**dataset.sources())]
+    plan = fold_ids(ids, folds, seed)
+    results, started = [], time.monotonic()
+    for k, eval_ids in enumerate(plan, start=1):
+        folder = os.path.join(output, f"fold-{k}")
+        fold_config = dataclasses.replace(
+            config, examples_dir=os.path.join(folder, "examples"),
+            pipeline_root=os.path.join(folder, "tfx"), serving_dir=os.path.join(folder, "serving"))
+        summary = run_local(fold_config, beam_workers, dataclasses.replace(
+            dataset, eval_count=0, eval_ids=tuple(eval_ids)))
+        if not summary.succeeded:
+            raise CrossValidationError(f"fold {k} of {folds} ({folder}) failed: {summary.error}")
+        results.append({"fold": k, "eval_ids": eval_ids, "metrics": summary.metrics})
+        elapsed = time.monotonic() - started
+        log.info("fold %d/%d: %s; %.0f s, ETA %.0f s", k, folds,
+                 ", ".join(f"{n} {summary.metrics[n]:.4f}" for n in SHOWN
+                           if n in summary.metrics), elapsed, elapsed / k * (folds - k))
+    record = {"dataset": dataset.name, "folds": folds, "seed": seed,
+              "profile_training": dataclasses.asdict(config.training), "per_fold": results,
+              "summary": summarize_folds([r["metrics"] for r in results])}
+    tf.io.gfile.makedirs(output)
+    path = os.path.join(output, RESULTS)
+    with tf.io.gfile.GFile(f"{path}.partial", "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
+    return record
+
+
+def format_results(record: dict) -> str:
+    """A table: one line per fold, then mean ± std of every metric."""
+    shown = [n for n in SHOWN if n in record["summary"]]
+    lines = [f"{'fold':<6}" + "".join(f"{n:>26}" for n in shown)]
+    for fold in record["per_fold"]:
+        lines.append(f"{fold['fold']:<6}" + "".join(f"{fold['metrics'][n]:>26.4f}" for n in shown))
+    lines.append(f"{record['folds']}-fold cross-validation, mean ± std:")
+    lines += [f"  {name:<26} {s['mean']:.4f} ± {s['std']:.4f}"
+              for name, s in record["summary"].items()]
+    return "\n".join(lines)
