@@ -119,6 +119,27 @@ def test_mask_png_bytes_is_the_thresholded_probabilities(signatures):
         assert max(map(len, masks)) < probabilities[0].nbytes / 10
 
 
+def test_serving_tta_is_the_mean_over_flips_and_turns_turned_back(signatures):
+    """On a non-square image: the mean of serving_default's answers for the 8 flipped and
+    turned images, each turned back; and its mask is that mean thresholded."""
+    image = mosaic(512)[:48, :80]
+    answer = signatures["serving_tta"](images=tf.constant([_png(image)]))
+    expected = np.zeros((48, 80, 1), np.float32)
+    for flip in (False, True):
+        for turns in range(4):
+            variant = np.rot90(image[:, ::-1] if flip else image, turns)
+            p = signatures["serving_default"](images=tf.constant([_png(
+                np.ascontiguousarray(variant))]))[PROBABILITIES].numpy()[0]
+            p = np.rot90(p, -turns)
+            expected += p[:, ::-1] if flip else p
+    tta = answer[PROBABILITIES].numpy()[0]
+    np.testing.assert_allclose(tta, expected / 8, atol=1e-5)
+    assert np.abs(tta - signatures["serving_default"](images=tf.constant([_png(image)]))[
+        PROBABILITIES].numpy()[0]).max() > 1e-3  # it is not the plain answer
+    np.testing.assert_array_equal(_decode(answer[MASK_PNG].numpy()[0]),
+                                  np.where(tta[..., 0] > 0.5, 255, 0))
+
+
 # --- tiles ------------------------------------------------------------------------------------
 
 def test_tile_origins_cover_the_image_on_the_pooling_grid():

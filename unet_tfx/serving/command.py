@@ -62,6 +62,9 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float,
                         help="cell probability above which a pixel is cell (default: the "
                         "model's mask, p > 0.5)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: the model's serving_tta signature, the mean "
+                        "over 8 flips and turns of each image (8x the compute)")
     parser.add_argument("--masks-only", action="store_true",
                         help="write masks only, no overlays or contact sheet: the server sends "
                         "PNG masks instead of float maps when the model has them")
@@ -115,6 +118,10 @@ def _segmenter(args):
     options = dict(version=args.version, label=args.label, deadline=args.deadline,
                    retry=RetryPolicy(budget=args.retry_budget), limits=_limits(args),
                    max_batch=args.batch_size)
+    if args.tta:
+        from unet_tfx.trainer.export import TTA_SIGNATURE
+
+        options["signature"] = TTA_SIGNATURE
     tls = dict(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     if args.server:
         from unet_tfx.serving.client import SegmentationClient

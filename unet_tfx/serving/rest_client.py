@@ -29,6 +29,7 @@ import urllib.request
 import numpy as np
 
 from unet_tfx.serving.client import (
+    DEFAULT_SIGNATURE,
     IMAGES,
     MASK_PNG_BYTES,
     PROBABILITIES,
@@ -123,7 +124,7 @@ class RestSegmentationClient(BaseSegmentationClient):
     def _signature_for(self, wanted):
         """REST answers every output of a signature: when only the mask is wanted, a signature
         that gives nothing else (the export's `serving_mask`), if the model has one."""
-        if PROBABILITIES in wanted:
+        if PROBABILITIES in wanted or self.signature != DEFAULT_SIGNATURE:  # e.g. serving_tta
             return self.signature
         compact = sorted(name for name, s in self.signatures().items()
                          if list(s["inputs"]) == [IMAGES]

@@ -9,6 +9,8 @@
   Images with a (padded) side above `ServingLimits.tile_size` are segmented in overlapping
   tiles, Gaussian-blended (`unet_tfx.trainer.tiling`), so memory stays bounded.
 - `serving_mask`: the same, answering `mask_png_bytes` alone (a REST answer of kilobytes).
+- `serving_tta`: `serving_default` with test-time augmentation: the mean over the 8 flips and
+  quarter turns of each image (8x the compute).
 - `serving_examples`: serialized raw tf.Examples → `probabilities` (Evaluator, BulkInferrer).
 - `transform_features`: serialized raw tf.Examples → Transform's outputs (TFMA labels).
   Both check each example's encoded image (and mask) the same way before Transform decodes it;
@@ -37,6 +39,7 @@ PROBABILITIES = "probabilities"
 MASK_PNG = "mask_png_bytes"
 THRESHOLD = 0.5  # p(cell) above which a pixel is cell in `mask_png_bytes`
 LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
+TTA_SIGNATURE = "serving_tta"
 DEFAULT_LIMITS = ServingLimits()
 
 
@@ -208,7 +211,19 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
             lambda: predict(padded))
         return probabilities[:, :height, :width, :]
 
-    def segment(images):
+    def predict_dihedral(normalized):
+        """Test-time augmentation: the mean of the probabilities of the 8 flips and quarter
+        turns of each image, each turned back."""
+        total = 0.0
+        for flip in (False, True):
+            flipped = tf.reverse(normalized, [2]) if flip else normalized
+            for turns in range(4):
+                p = tf.image.rot90(predict_any_size(tf.image.rot90(flipped, turns)),
+                                   (4 - turns) % 4)
+                total += tf.reverse(p, [2]) if flip else p
+        return total / 8.0
+
+    def segment(images, predictor=predict_any_size):
         """Encoded images → probabilities [batch, H, W, 1]."""
         def decode(encoded):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
@@ -218,12 +233,17 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
         decoded = tf.map_fn(decode, images,
                             fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
         stats = model.tft_layer({F.HEIGHT: tf.zeros([1, 1], tf.int64)})
-        return predict_any_size(F.normalize(decoded, stats[F.IMAGE_MEAN_XF][0, 0],
-                                            stats[F.IMAGE_STD_XF][0, 0]))
+        return predictor(F.normalize(decoded, stats[F.IMAGE_MEAN_XF][0, 0],
+                                     stats[F.IMAGE_STD_XF][0, 0]))
 
     @_signature("images")
     def serve_images(images):
         probabilities = segment(images)
+        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities)}
+
+    @_signature("images")
+    def serve_tta(images):
+        probabilities = segment(images, predict_dihedral)
         return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities)}
 
     @_signature("images")
@@ -253,6 +273,7 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
     return {
         "serving_default": serve_images.get_concrete_function(),
         "serving_mask": serve_masks.get_concrete_function(),
+        TTA_SIGNATURE: serve_tta.get_concrete_function(),
         "serving_examples": serve_examples.get_concrete_function(),
         "transform_features": transform_features.get_concrete_function(),
     }
