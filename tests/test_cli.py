@@ -65,3 +65,47 @@ def test_console_setup_twice_keeps_one_console_handler():
     console.setup()
     names = [h.get_name() for h in logging.getLogger().handlers]
     assert names.count(console.CONSOLE) == 1
+
+
+def test_a_command_prints_its_answer_and_no_library_noise(tmp_path):
+    """In a fresh process (TensorFlow, TFX and Google's client libraries loaded by the command):
+    no CUDA plugin-registration lines, no deprecation FutureWarnings, only the answer."""
+    result = subprocess.run(
+        [sys.executable, "-m", "unet_tfx.cli", "history", "--pipeline-root", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"unet-tfx history: {tmp_path}/metadata.sqlite: no ML Metadata store (run the pipeline "
+        "first)"]
+
+
+def test_native_lines_other_than_the_known_noise_are_kept(capfd):
+    import os
+
+    from unet_tfx.console import native_stderr_filtered
+
+    with native_stderr_filtered():
+        os.write(2, b"E cuda_fft.cc:479] Unable to register cuFFT factory: twice\n")
+        os.write(2, b"F a real native error\n")
+    assert capfd.readouterr().err == "F a real native error\n"
+
+
+def test_tensorflow_records_go_through_the_console_filter_and_the_log_file():
+    from unet_tfx import console
+
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(logging.StreamHandler())  # what TensorFlow adds when it loads first
+    console.setup()
+    assert tf_logger.handlers == [] and tf_logger.propagate
+
+
+def test_augmentation_flags_reach_the_trainers_config():
+    from unet_tfx.cli import _config, build_parser
+
+    def training(*flags):
+        return _config(build_parser().parse_args(["run", *flags])).training
+
+    assert (training().elastic_sigma, training().augment) == (0.0, True)
+    cfg = training("--elastic-sigma", "10", "--rotate-degrees", "15", "--brightness", "0.1")
+    assert (cfg.elastic_sigma, cfg.rotate_degrees, cfg.brightness, cfg.scale) == (10, 15, 0.1, 0)
+    assert training("--no-augment").augment is False
