@@ -51,8 +51,7 @@ def float_dataset(path, cfg, size: int) -> tf.data.Dataset:
 
     def parse(serialized, seed):
         parsed = tf.io.parse_single_example(serialized, spec)
-        return _augment(parsed[F.IMAGE_XF], parsed[F.MASK_XF], cfg.patch_size, cfg.augment,
-                        seed)
+        return _augment(parsed[F.IMAGE_XF], parsed[F.MASK_XF], cfg, seed)
 
     return _streamed(path, parse, cfg)
 
@@ -96,7 +95,7 @@ def compact_dataset(path, cfg, size: int) -> tf.data.Dataset:
         image = tf.reshape(tf.io.decode_raw(parsed[RAW_IMAGE], tf.uint8), [size, size, 1])
         mask = tf.reshape(tf.io.decode_raw(parsed[RAW_MASK], tf.uint8), [size, size, 1])
         image = F.normalize(image, parsed[F.IMAGE_MEAN_XF][0], parsed[F.IMAGE_STD_XF][0])
-        return _augment(image, tf.cast(mask, tf.float32), cfg.patch_size, cfg.augment, seed)
+        return _augment(image, tf.cast(mask, tf.float32), cfg, seed)
 
     return _streamed(path, parse, cfg)
 
@@ -110,7 +109,7 @@ def png_dataset(path, cfg, mean: float, std: float) -> tf.data.Dataset:
         parsed = tf.io.parse_single_example(serialized, spec)
         image = F.normalize(tf.io.decode_png(parsed[F.IMAGE], channels=1), mean, std)
         mask = F.binarize_mask(tf.io.decode_png(parsed[F.MASK], channels=1))
-        return _augment(image, mask, cfg.patch_size, cfg.augment, seed)
+        return _augment(image, mask, cfg, seed)
 
     return _streamed(path, parse, cfg)
 

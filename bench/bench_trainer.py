@@ -80,8 +80,8 @@ def bare_fit_rate(transform: dict, cfg) -> float:
     tft_output = tft.TFTransformOutput(transform["transform_graph"])
     images = list(image_mask_pairs(transform["train"], tft_output).as_numpy_iterator())
     count = cfg.train_steps * cfg.batch_size
-    patches = [_augment(*images[i % len(images)], cfg.patch_size, cfg.augment,
-                        tf.constant([cfg.seed, i], tf.int64)) for i in range(count)]
+    patches = [_augment(*images[i % len(images)], cfg, tf.constant([cfg.seed, i], tf.int64))
+               for i in range(count)]
     x = np.stack([p[0].numpy() for p in patches])
     y = np.stack([p[1].numpy() for p in patches])
     policy, _ = resolve_precision(cfg.precision)

@@ -5,6 +5,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.dataset import _augment
 from unet_tfx.trainer.run_fn import backup_dir
 
@@ -26,7 +27,46 @@ def test_backup_folder_is_stable_for_a_retry_and_new_for_a_changed_config():
 def test_patches_cut_image_and_mask_together():
     image = tf.reshape(tf.range(64 * 64, dtype=tf.float32), [64, 64, 1])
     mask = image  # the same pixels: any misalignment between the two would show
+    cfg = TrainingConfig(patch_size=16, augment=True)
     for seed in range(5):
-        patch, patch_mask = _augment(image, mask, 16, True, tf.constant([seed, 7], tf.int64))
+        patch, patch_mask = _augment(image, mask, cfg, tf.constant([seed, 7], tf.int64))
         assert patch.shape == (16, 16, 1) and patch_mask.shape == (16, 16, 1)
         np.testing.assert_array_equal(patch, patch_mask)
+
+
+def _blobs(size: int = 64) -> tf.Tensor:
+    """[size, size, 1] float {0, 1}: a few discs, so that a misaligned warp shows."""
+    rows, cols = np.mgrid[:size, :size]
+    blobs = np.zeros((size, size), np.float32)
+    for r, c, radius in ((16, 20, 9), (40, 44, 12), (50, 12, 6)):
+        blobs[(rows - r) ** 2 + (cols - c) ** 2 < radius**2] = 1
+    return tf.constant(blobs[..., None])
+
+
+def test_warps_move_image_and_mask_together_and_keep_the_mask_binary():
+    blobs = _blobs()
+    cfg = TrainingConfig(patch_size=64, augment=True, rotate_degrees=20, scale=0.15,
+                         elastic_sigma=4)
+    plain = TrainingConfig(patch_size=64, augment=True)
+    moved = 0
+    for seed in range(4):
+        seed = tf.constant([seed, 3], tf.int64)
+        image, mask = _augment(blobs, blobs, cfg, seed)
+        assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
+        # The image is sampled bilinearly, the mask by nearest neighbour: they differ only
+        # along the discs' edges.
+        assert np.mean((image.numpy() > 0.5) == (mask.numpy() > 0.5)) > 0.97
+        np.testing.assert_array_equal(image, _augment(blobs, blobs, cfg, seed)[0])  # seeded
+        moved += np.mean(mask.numpy() != _augment(blobs, blobs, plain, seed)[1].numpy())
+    assert moved / 4 > 0.02  # the warp really moves pixels
+
+
+def test_intensity_changes_the_image_only():
+    blobs = _blobs()
+    cfg = TrainingConfig(patch_size=64, augment=True, brightness=0.5, contrast=0.3)
+    plain = TrainingConfig(patch_size=64, augment=True)
+    seed = tf.constant([1, 2], tf.int64)
+    image, mask = _augment(blobs, blobs, cfg, seed)
+    plain_image, plain_mask = _augment(blobs, blobs, plain, seed)
+    np.testing.assert_array_equal(mask, plain_mask)
+    assert np.abs(image - plain_image).max() > 0.01

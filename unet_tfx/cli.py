@@ -56,6 +56,21 @@ def _add_config_arguments(parser) -> None:
                         help="Trainer compute precision (default: auto = mixed_float16 on GPUs of "
                         "compute capability >= 7.0, mixed_bfloat16 on CPUs with native bfloat16, "
                         "else float32)")
+    augmentation = parser.add_argument_group(
+        "augmentation of training patches (beyond flips and turns; 0 = off, the default)")
+    augmentation.add_argument("--rotate-degrees", type=float, metavar="D",
+                              help="random rotation within ±D degrees")
+    augmentation.add_argument("--scale", type=float, metavar="S",
+                              help="random scaling within 1 ± S")
+    augmentation.add_argument("--elastic-sigma", type=float, metavar="PX",
+                              help="elastic deformation: displacements of std PX pixels on a 3x3 "
+                              "grid (the U-Net paper's: 10)")
+    augmentation.add_argument("--brightness", type=float, metavar="B",
+                              help="brightness shift within ±B standard deviations")
+    augmentation.add_argument("--contrast", type=float, metavar="C",
+                              help="contrast factor within 1 ± C")
+    augmentation.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                              help="no augmentation at all (not even flips and turns)")
     retraining = parser.add_argument_group("retraining")
     retraining.add_argument("--span-window", type=int, metavar="K",
                             help="train on the newest K spans of --examples-dir (default: 1)")
@@ -67,6 +82,9 @@ def _add_config_arguments(parser) -> None:
                             help="train even when the served model was trained on these spans")
     retraining.add_argument("--keep-versions", type=int, metavar="N",
                             help="pushed versions to keep under the serving base (default: 3)")
+
+
+AUGMENTATION = ("augment", "rotate_degrees", "scale", "elastic_sigma", "brightness", "contrast")
 
 
 def _dataset(args):
@@ -102,7 +120,7 @@ def _config(args, spec=None):
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
-        keep_versions=args.keep_versions,
+        keep_versions=args.keep_versions, **{key: getattr(args, key) for key in AUGMENTATION},
     )
 
 
@@ -322,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    console.silence_library_noise()  # first: before anything imports TensorFlow or Google's
     from unet_tfx.dataset_spec import DatasetError
     from unet_tfx.ingest.errors import IngestError
 

@@ -26,6 +26,7 @@ import tensorflow_transform as tft
 
 from unet_tfx import features as F
 from unet_tfx.config import TrainingConfig
+from unet_tfx.trainer import augment
 
 log = logging.getLogger("unet_tfx.trainer")
 
@@ -175,18 +176,28 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _augment(image, mask, patch_size: int, flip: bool, seed: tf.Tensor):
-    """A random patch_size² crop of image and mask together, plus flips and 90° turns."""
+def _augment(image, mask, cfg: TrainingConfig, seed: tf.Tensor):
+    """A random cfg.patch_size² crop of image and mask together; with cfg.augment, flips and
+    90° turns, then the warps and intensity changes the config switches on (`augment.py`)."""
     both = tf.concat([image, mask], axis=-1)
     both = tf.image.stateless_random_crop(
-        both, [patch_size, patch_size, tf.shape(both)[-1]], seed=seed)
-    if flip:
-        seeds = tf.random.experimental.stateless_split(seed, 3)
-        both = tf.image.stateless_random_flip_left_right(both, seed=seeds[0])
-        both = tf.image.stateless_random_flip_up_down(both, seed=seeds[1])
-        turns = tf.random.stateless_uniform([], seeds[2], maxval=4, dtype=tf.int32)
-        both = tf.image.rot90(both, k=turns)
-    return both[..., :-1], both[..., -1:]
+        both, [cfg.patch_size, cfg.patch_size, tf.shape(both)[-1]], seed=seed)
+    if not cfg.augment:
+        return both[..., :-1], both[..., -1:]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    both = tf.image.stateless_random_flip_left_right(both, seed=seeds[0])
+    both = tf.image.stateless_random_flip_up_down(both, seed=seeds[1])
+    turns = tf.random.stateless_uniform([], seeds[2], maxval=4, dtype=tf.int32)
+    both = tf.image.rot90(both, k=turns)
+    image, mask = both[..., :-1], both[..., -1:]
+    if cfg.rotate_degrees or cfg.scale or cfg.elastic_sigma:
+        image, mask = augment.random_warp(image, mask, tf.random.experimental.stateless_fold_in(
+            seed, 1), rotate_degrees=cfg.rotate_degrees, scale=cfg.scale,
+            elastic_sigma=cfg.elastic_sigma)
+    if cfg.brightness or cfg.contrast:
+        image = augment.random_intensity(image, tf.random.experimental.stateless_fold_in(seed, 2),
+                                         brightness=cfg.brightness, contrast=cfg.contrast)
+    return image, mask
 
 
 def _image_size(tf_transform_output: tft.TFTransformOutput) -> tuple[int, int]:
@@ -227,7 +238,7 @@ def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
         pairs = image_mask_pairs(patterns, tf_transform_output).cache().repeat()
         pairs = pairs.shuffle(mode.shuffle_buffer, seed=cfg.seed)
         patches = tf.data.Dataset.zip((pairs, seeds)).map(
-            lambda pair, seed: _augment(*pair, cfg.patch_size, cfg.augment, seed),
+            lambda pair, seed: _augment(*pair, cfg, seed),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
@@ -235,7 +246,7 @@ def training_dataset(patterns, tf_transform_output, cfg: TrainingConfig,
         records = records.shuffle(mode.shuffle_buffer, seed=cfg.seed)
         pairs = _transformed(records, transformer(tf_transform_output))
         patches = tf.data.Dataset.zip((pairs, seeds)).map(
-            lambda pair, seed: _augment(*pair, cfg.patch_size, cfg.augment, seed),
+            lambda pair, seed: _augment(*pair, cfg, seed),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     batches = patches.batch(cfg.batch_size * replicas, drop_remainder=True)
