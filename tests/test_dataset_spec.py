@@ -34,8 +34,10 @@ from unet_tfx.serving.local_model import latest_version
 HEIGHT, WIDTH = 200, 300  # non-square, and neither side a multiple of 16
 
 
-def write_ellipses(folder, count: int, size=(HEIGHT, WIDTH), rgb: bool = True, seed: int = 0):
-    """Blurred, noisy coloured ellipses on a dark background; masks 255 inside, 0 outside."""
+def write_ellipses(folder, count: int, size=(HEIGHT, WIDTH), rgb: bool = True, seed: int = 0,
+                   levels=(255,)):
+    """Blurred, noisy coloured ellipses on a dark background; masks 0 outside, inside each
+    ellipse one of `levels` in turn (the brighter the level, the brighter the ellipse)."""
     rng = np.random.default_rng(seed)
     (folder / "image").mkdir(parents=True)
     (folder / "mask").mkdir()
@@ -43,14 +45,14 @@ def write_ellipses(folder, count: int, size=(HEIGHT, WIDTH), rgb: bool = True, s
     for i in range(count):
         mask = Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(mask)
-        for _ in range(4):
+        for k in range(4):
             x, y = rng.integers(0, width), rng.integers(0, height)
             rx, ry = rng.integers(12, 40, size=2)
-            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=levels[k % len(levels)])
         labels = np.asarray(mask)
         colour = rng.integers(120, 255, size=3 if rgb else 1)
-        pixels = 30 + (labels[..., None] > 0) * (colour - 30) + rng.normal(0, 20, labels.shape
-                                                                            + colour.shape)
+        pixels = 30 + (labels[..., None] / 255) * (colour - 30) + rng.normal(
+            0, 20, labels.shape + colour.shape)
         image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8).squeeze())
         image.filter(ImageFilter.GaussianBlur(1.5)).save(folder / "image" / f"{i}.png")
         mask.save(folder / "mask" / f"{i}.png")
@@ -149,7 +151,7 @@ def test_ingest_takes_a_dataset_file_and_run_reads_sizes_from_the_examples(tmp_p
     manifest = json.loads((examples / "ingest.json").read_text())
     assert manifest["splits"]["eval"]["count"] == 1 and manifest["channels"] == 3
     assert from_examples(str(examples)) == {"image_height": HEIGHT, "image_width": WIDTH,
-                                            "channels": 3}
+                                            "channels": 3, "mask_values": ()}
     # The issue's case: `run --examples-dir` of non-square data validates against its own size.
     config = _config(build_parser().parse_args(["run", "--examples-dir", str(examples)]))
     assert (config.image_height, config.image_width, config.channels) == (HEIGHT, WIDTH, 3)
@@ -237,3 +239,44 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
     assert record["summary"]["membrane_dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
     assert "2-fold cross-validation, mean ± std:" in out
     assert f"membrane_dice              {np.mean(dice):.4f} ± " in out
+
+
+def test_a_mask_level_outside_the_classes_is_refused_naming_the_file(tmp_path):
+    images, masks = write_ellipses(tmp_path / "three", 3, size=(32, 48), rgb=False,
+                                   levels=(128, 255))
+    with pytest.raises(IngestError, match=r"mask\.?/?.*: mask has level\(s\) 255 outside the "
+                       r"dataset's classes: expected only 0, 128, 200"):
+        ingest(str(tmp_path / "out"), images=str(images), masks=str(masks),
+               mask_values=(0, 128, 200))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "bad.yaml").write_text("name: x\nimage_height: 8\nimage_width: 8\n"
+                                       "mask_values: [0, 255]\n")
+    with pytest.raises(DatasetError, match="mask_values is \\[0, 255\\]: expected 3 or more"):
+        load_dataset(tmp_path / "bad.yaml")
+
+
+@pytest.mark.e2e
+def test_three_class_masks_train_evaluate_and_serve_class_indices(tmp_path, capsys):
+    folder = tmp_path / "three"
+    write_ellipses(folder, 6, size=(64, 96), rgb=False, levels=(128, 255))
+    (folder / "dataset.yaml").write_text(
+        "name: three\nimages: image\nmasks: mask\nimage_height: 64\nimage_width: 96\n"
+        "eval_count: 2\nmask_values: [0, 128, 255]\nprofile: test\n")
+    root = tmp_path / "tfx"
+    code = main(["run", "--dataset", str(folder / "dataset.yaml"),
+                 "--examples-dir", str(tmp_path / "examples"), "--pipeline-root", str(root),
+                 "--serving-dir", str(tmp_path / "serving")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    reported = set(re.findall(r"^(\w+): [0-9.]+$", out, re.M))
+    assert {"mean_class_dice", "pixel_accuracy", "class_0_dice", "class_1_dice",
+            "class_2_dice"} <= reported, out
+    model = tf.saved_model.load(latest_version(str(tmp_path / "serving" / "unet_three")))
+    png = (folder / "image" / "0.png").read_bytes()
+    answer = model.signatures["serving_default"](images=tf.constant([png]))
+    probabilities = answer["probabilities"].numpy()
+    assert probabilities.shape == (1, 64, 96, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-4)
+    mask = np.asarray(Image.open(io.BytesIO(answer["mask_png_bytes"].numpy()[0])))
+    np.testing.assert_array_equal(mask, probabilities[0].argmax(axis=-1))  # class indices
+    assert "mean class Dice" in (root / "report.html").read_text()

@@ -201,3 +201,28 @@ def test_rand_score_of_a_prediction_without_cells_is_zero_and_images_without_cel
     metric.update_state(np.zeros_like(truth), truth)  # no cells in the labels: no score
     metric.update_state(truth, truth)
     assert float(metric.result()) == pytest.approx(0.5)  # mean of 0 and 1
+
+
+def test_k_class_model_loss_and_metrics():
+    from unet_tfx.trainer.losses import multiclass_dice_loss
+    from unet_tfx.trainer.metrics import ClassAccuracy, ClassDice, MeanClassDice
+
+    model = build_unet((32, 32, 1), base_filters=4, num_classes=3)
+    probabilities = model(np.random.default_rng(0).normal(size=(1, 32, 32, 1)))
+    assert probabilities.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(tf.reduce_sum(probabilities, -1), 1.0, atol=1e-5)
+    # For two classes the mean-over-classes loss is the two-class Dice loss.
+    p = tf.constant([[0.9, 0.2, 0.1, 0.8]])
+    truth = tf.constant([[1.0, 1.0, 0.0, 0.0]])
+    assert float(multiclass_dice_loss(tf.stack([1 - truth, truth], -1),
+                                      tf.stack([1 - p, p], -1))) == pytest.approx(
+        float(two_class_dice_loss(truth, p)))
+    labels = np.eye(3, dtype=np.float32)[[[0, 1, 2, 2]]]  # [1, 4, 3]
+    predicted = np.eye(3, dtype=np.float32)[[[0, 1, 1, 2]]]
+    dice = [ClassDice(k) for k in range(3)]
+    mean, accuracy = MeanClassDice(3), ClassAccuracy()
+    for metric in (*dice, mean, accuracy):
+        metric.update_state(labels, predicted)
+    assert [float(d.result()) for d in dice] == pytest.approx([1.0, 2 / 3, 2 / 3])
+    assert float(mean.result()) == pytest.approx((1 + 4 / 3) / 3)
+    assert float(accuracy.result()) == pytest.approx(0.75)

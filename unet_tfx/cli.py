@@ -105,7 +105,7 @@ def _config(args, spec=None):
     if spec is not None:
         data = {"name": f"unet-{spec.name}", "model_name": f"unet_{spec.name}",
                 "image_height": spec.image_height, "image_width": spec.image_width,
-                "channels": spec.channels}
+                "channels": spec.channels, "mask_values": spec.mask_values}
         paths = {key: os.path.join("out", spec.name, folder) for key, folder in
                  (("examples_dir", "examples"), ("pipeline_root", "tfx"),
                   ("serving_dir", "serving"))}

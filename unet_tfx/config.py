@@ -139,6 +139,9 @@ class PipelineConfig:
     image_height: int = 512
     image_width: int = 512
     channels: int = 1
+    # K >= 3 classes: the mask level of each class, in order (ingestion stores class indices);
+    # empty: two classes, 0 = membrane/background, any other level = cell/foreground.
+    mask_values: tuple = ()
     training: TrainingConfig = TrainingConfig()
     # Gate: membrane-class Dice must exceed `min_membrane_dice` and may fall at most
     # `max_dice_drop` below the last blessed model's.
@@ -168,6 +171,10 @@ class PipelineConfig:
     force: bool = False
     keep_versions: int = 3
     serving_limits: ServingLimits = ServingLimits()
+
+    @property
+    def num_classes(self) -> int:
+        return max(2, len(self.mask_values))
 
     def replace(self, **changes) -> "PipelineConfig":
         """A copy with `changes`; keys of TrainingConfig go to `training`."""

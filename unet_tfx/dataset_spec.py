@@ -8,6 +8,8 @@
     channels: 1               # 1 gray, 3 RGB
     eval_count: 6             # examples held out for evaluation, spread over the sorted ids
     # eval_ids: [a, b]        # or exactly these examples (file stems) for evaluation
+    # mask_values: [0, 128, 255]  # K >= 3 classes: the mask level of each, in class order
+    #                         # (without: two classes, 0 background/membrane, any other level)
     profile: quick            # the default profile for this data (--profile overrides)
 
 Relative paths are read from the file's folder. The bundled membrane data is the default
@@ -46,6 +48,7 @@ class DatasetSpec:
     mask_stack: str = ""
     eval_count: int = 0
     eval_ids: tuple = ()
+    mask_values: tuple = ()
     profile: str = "quick"
 
     def sources(self) -> dict:
@@ -55,7 +58,7 @@ class DatasetSpec:
     def ingest_args(self) -> dict:
         """Keyword arguments of `unet_tfx.ingest.ingest` for this dataset."""
         return {**self.sources(), "eval_count": self.eval_count, "eval_ids": self.eval_ids,
-                "channels": self.channels}
+                "channels": self.channels, "mask_values": self.mask_values}
 
 
 def _checked(data: dict, where: str) -> DatasetSpec:
@@ -78,6 +81,13 @@ def _checked(data: dict, where: str) -> DatasetSpec:
         raise DatasetError(f"{where}: eval_ids is {ids!r}: expected a list of example ids "
                            "(the files' stems)")
     data = {**data, "eval_ids": tuple(str(i) for i in ids)}
+    values = data.get("mask_values", ())
+    levels = isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)
+    if not levels or (values and (len(values) < 3 or len(set(values)) != len(values))):
+        raise DatasetError(f"{where}: mask_values is {values!r}: expected 3 or more distinct "
+                           "mask levels 0-255 in class order (two classes need none)")
+    data["mask_values"] = tuple(values)
     for key in ("image_height", "image_width"):
         if data[key] < 1:
             raise DatasetError(f"{where}: {key} is {data[key]}: expected a positive size in pixels")
@@ -150,7 +160,8 @@ def infer_dataset(images: str, masks: str | None, eval_count: int, name: str = "
 
 
 def from_examples(examples_dir: str) -> dict:
-    """{image_height, image_width, channels} from the manifest ingestion wrote in a local
+    """{image_height, image_width, channels, mask_values} from the manifest ingestion wrote in a
+    local
     `examples_dir` (or in its newest span); empty when there is none, or for a remote URI
     (compiling needs no access to the data: remote data is described by a dataset file)."""
     from unet_tfx.ingest.spans import list_spans, span_dir
@@ -168,4 +179,5 @@ def from_examples(examples_dir: str) -> dict:
     if manifest.get("image_height") is None:
         raise DatasetError(f"{path}: the examples differ in size: expected one size per "
                            "dataset (ingest each size into its own folder)")
-    return {key: manifest[key] for key in keys}
+    return {**{key: manifest[key] for key in keys},
+            "mask_values": tuple(manifest.get("mask_values", ()))}

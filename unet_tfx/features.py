@@ -43,3 +43,8 @@ def normalize(image: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
 def binarize_mask(mask: tf.Tensor) -> tf.Tensor:
     """Mask levels → float {0, 1}: 0 (membrane) stays 0, any other level (cell) becomes 1."""
     return tf.cast(mask > 0, tf.float32)
+
+
+def one_hot_mask(mask: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Class-index masks [..., 1] (K-class ingestion) → float one-hot [..., num_classes]."""
+    return tf.one_hot(tf.cast(mask[..., 0], tf.int32), num_classes, dtype=tf.float32)

@@ -1,6 +1,8 @@
 """The Evaluator's TFMA config: Dice, IoU and cell-region metrics on whole eval images, and the
 blessing gate."""
 
+import json
+
 import tensorflow_model_analysis as tfma
 
 from unet_tfx import features as F
@@ -12,11 +14,13 @@ REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy", "Me
                     "CellIou", "RandScore", "VariationOfInformation")
 
 
-def eval_config(min_membrane_dice: float, max_dice_drop: float) -> tfma.EvalConfig:
+def eval_config(min_membrane_dice: float, max_dice_drop: float,
+                num_classes: int = 2) -> tfma.EvalConfig:
     """Raw examples in, labels from `transform_features`, predictions from `serving_examples`.
 
-    The model is blessed when its membrane Dice exceeds `min_membrane_dice` and is at most
-    `max_dice_drop` below the last blessed model's (the first run has no baseline).
+    The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) exceeds
+    `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
+    first run has no baseline).
     """
     gate = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_membrane_dice}),
@@ -25,13 +29,24 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float) -> tfma.EvalConf
             absolute={"value": -max_dice_drop},
         ),
     )
-    metrics = [
-        tfma.MetricConfig(
-            class_name=name, module=METRICS_MODULE,
-            threshold=gate if name == "MembraneDice" else None,
-        )
-        for name in REPORTED_METRICS
-    ]
+    if num_classes == 2:
+        metrics = [
+            tfma.MetricConfig(
+                class_name=name, module=METRICS_MODULE,
+                threshold=gate if name == "MembraneDice" else None,
+            )
+            for name in REPORTED_METRICS
+        ]
+    else:
+        metrics = [
+            tfma.MetricConfig(class_name="MeanClassDice", module=METRICS_MODULE, threshold=gate,
+                              config=json.dumps({"num_classes": num_classes})),
+            tfma.MetricConfig(class_name="ClassAccuracy", module=METRICS_MODULE,
+                              config=json.dumps({"name": "pixel_accuracy"})),
+            *[tfma.MetricConfig(class_name="ClassDice", module=METRICS_MODULE,
+                                config=json.dumps({"index": k, "name": f"class_{k}_dice"}))
+              for k in range(num_classes)],
+        ]
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(

@@ -38,9 +38,9 @@ class EncodeExample(beam.DoFn):
     width = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "width")
 
     def __init__(self, split: str, total: int, *, channels: int, max_pixels: int,
-                 log_every_s: float = 10.0):
+                 mask_values: tuple = (), log_every_s: float = 10.0):
         self.split, self.total, self.log_every_s = split, total, log_every_s
-        self.channels, self.max_pixels = channels, max_pixels
+        self.channels, self.max_pixels, self.mask_values = channels, max_pixels, mask_values
 
     def setup(self):
         self.done, self.started, self.logged = 0, None, time.monotonic()
@@ -51,7 +51,8 @@ class EncodeExample(beam.DoFn):
             image = decode.read_image(ref.image, ref.page, channels=self.channels,
                                       max_pixels=self.max_pixels)
             mask = None if ref.mask is None else decode.read_mask(
-                ref.mask, ref.page, size=image.shape[:2], max_pixels=self.max_pixels)
+                ref.mask, ref.page, size=image.shape[:2], max_pixels=self.max_pixels,
+                mask_values=self.mask_values)
         finally:  # a rejected example counts as done too
             self.done += 1
             self._log_progress()
@@ -89,7 +90,7 @@ def split_dir(root: Path, split: str) -> Path:
 
 
 def run(splits: dict[str, list[Ref]], root: Path, *, num_shards: int, channels: int,
-        max_pixels: int, beam_args: list[str] | None
+        max_pixels: int, beam_args: list[str] | None, mask_values: tuple = ()
         ) -> tuple[tuple[int, int] | None, list[Rejected]]:
     """Write the good examples of every split as shards under `root`. Returns the image
     (height, width) if all good ones share one size, and the rejected examples in id order.
@@ -102,7 +103,8 @@ def run(splits: dict[str, list[Ref]], root: Path, *, num_shards: int, channels: 
     for split, refs in splits.items():
         directory = split_dir(root, split)
         directory.mkdir(parents=True, exist_ok=True)
-        encode = EncodeExample(split, len(refs), channels=channels, max_pixels=max_pixels)
+        encode = EncodeExample(split, len(refs), channels=channels, max_pixels=max_pixels,
+                               mask_values=mask_values)
         good, bad = (
             pipeline
             | f"Create[{split}]" >> beam.Create(refs)

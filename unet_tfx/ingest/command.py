@@ -50,7 +50,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", metavar="FILE", help="a dataset file: its images, masks, "
-                        "channels and eval_count (flags given here override them)")
+                        "channels, eval split and mask_values (flags given here override them)")
     images = parser.add_mutually_exclusive_group()
     images.add_argument("--images", metavar="DIR", help="folder of PNG/TIFF images")
     images.add_argument("--image-stack", metavar="TIFF", help="multi-page TIFF of images")
@@ -104,6 +104,8 @@ def _sources(args: argparse.Namespace) -> dict:
               for key, default in defaults.items()}
     if spec and args.eval_count is None:
         chosen["eval_ids"] = spec.eval_ids
+    if spec:
+        chosen["mask_values"] = spec.mask_values
     return {**sources, **chosen}
 
 

@@ -36,8 +36,11 @@ def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -
         return np.asarray(img)
 
 
-def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """uint8 [height, width] mask of the image `size`, canonicalised: 0 stays 0, >0 becomes 255."""
+def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels: int,
+              mask_values: tuple = ()) -> np.ndarray:
+    """uint8 [height, width] mask of the image `size`. Two classes (no `mask_values`): 0 stays
+    0, >0 becomes 255. K classes (`mask_values`, K >= 3 mask levels in class order): the class
+    index 0..K-1 of each pixel; a level outside `mask_values` is refused."""
     name = describe(path, page)
     with _reading(name), _open(path, page, name) as img:
         _check_pixels(img, name, max_pixels)
@@ -52,10 +55,19 @@ def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels:
                               "single-channel mask")
         mask = np.asarray(img.convert("L") if img.mode == "1" else img)
     levels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    if mask_values:
+        if unexpected := sorted(set(levels.tolist()) - set(mask_values)):
+            shown = ", ".join(map(str, unexpected[:8])) + (", ..." if len(unexpected) > 8 else "")
+            raise IngestError(f"{name}: mask has level(s) {shown} outside the dataset's classes: "
+                              f"expected only {', '.join(map(str, mask_values))}")
+        lookup = np.zeros(256, np.uint8)
+        lookup[list(mask_values)] = np.arange(len(mask_values), dtype=np.uint8)
+        return lookup[mask]
     if levels.size > 2:
         shown = ", ".join(map(str, levels[:8])) + (", ..." if levels.size > 8 else "")
         raise IngestError(f"{name}: mask has {levels.size} levels ({shown}): expected at most two "
-                          "(0 for background, one other value for foreground)")
+                          "(0 for background, one other value for foreground), or a dataset "
+                          "file listing the classes' mask values")
     return np.where(mask > 0, 255, 0).astype(np.uint8)
 
 

@@ -34,7 +34,7 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
            eval_count: int = 0, eval_ids=(), num_shards: int = 0, channels: int = 1,
            max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False,
            beam_args: list[str] | None = None, span: int | str | None = None,
-           skip_bad: bool = False) -> IngestSummary:
+           skip_bad: bool = False, mask_values=()) -> IngestSummary:
     """Write image/mask pairs (or unlabeled images) as sharded GZIP TFRecords of tf.Examples.
 
     Sources: `images` and optional `masks` folders (PNG/TIFF paired by file stem), or an
@@ -48,7 +48,8 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     wrong size, channels or mask levels) are all found in one run and listed together. With
     `skip_bad`, the good examples are written and the bad ones listed in <output>/rejected.csv
     (id, split, file, reason; a header only if none was bad) instead; a split left empty still
-    fails the run.
+    fails the run. `mask_values` (K >= 3 mask levels, in class order) makes the masks K-class:
+    stored as class indices 0..K-1, any other level refused.
     """
     started = time.monotonic()
     if num_shards < 0:
@@ -57,6 +58,11 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
         raise IngestError(f"channels {channels}: expected 1 to 4")
     if max_pixels < 1:
         raise IngestError(f"max_pixels {max_pixels}: expected at least 1")
+    mask_values = tuple(mask_values)
+    if mask_values and (len(mask_values) < 3 or len(set(mask_values)) != len(mask_values)
+                        or not all(0 <= v <= 255 for v in mask_values)):
+        raise IngestError(f"mask_values {list(mask_values)}: expected 3 or more distinct levels "
+                          "0-255 (two classes need none)")
     refs = sources.find_sources(images, masks, image_stack, mask_stack)
     splits = sources.split_eval(refs, eval_count, eval_ids)
     destination = Path(output)
@@ -66,7 +72,7 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     with staging.staged(destination, overwrite) as tmp_dir:
         size, rejected = beam_pipeline.run(splits, tmp_dir, num_shards=num_shards,
                                            channels=channels, max_pixels=max_pixels,
-                                           beam_args=beam_args)
+                                           beam_args=beam_args, mask_values=mask_values)
         if rejected:
             splits = _without_rejected(splits, rejected, len(refs), skip_bad)
         if skip_bad:  # even when empty: what was skipped is always written down
@@ -75,6 +81,7 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
                          "mask_stack": mask_stack}
         manifest = _manifest(splits, sources_given, size, channels)
         manifest["rejected"] = len(rejected)
+        manifest["mask_values"] = list(mask_values)
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     written = sum(f.stat().st_size for f in destination.rglob("*") if f.is_file())
     summary = IngestSummary(str(destination), len(refs) - len(rejected), written,

@@ -78,7 +78,7 @@ def create_pipeline(
     """
     pipeline_root = resolve_uri(config.pipeline_root)
     image_config = {"image_height": config.image_height, "image_width": config.image_width,
-                    "channels": config.channels}
+                    "channels": config.channels, "num_classes": config.num_classes}
 
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -127,7 +127,8 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=served_model.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(config.min_membrane_dice, config.max_dice_drop),
+        eval_config=eval_config(config.min_membrane_dice, config.max_dice_drop,
+                                config.num_classes),
     )
     evaluator.executor_spec = executor_spec.BeamExecutorSpec(BaselineEvaluatorExecutor)
     pusher = ServingPusher(model=trainer.outputs["model"],

@@ -20,8 +20,8 @@ from unet_tfx.ingest import read_examples
 from unet_tfx.ingest.decode import encode_png
 from unet_tfx.pipeline.run_summary import RunSummary
 from unet_tfx.serving.local_model import LocalModel
-from unet_tfx.serving.pictures import binary_mask
-from unet_tfx.trainer.metrics import MembraneDice, RandScore
+from unet_tfx.serving.pictures import binary_mask, visible
+from unet_tfx.trainer.metrics import MeanClassDice, MembraneDice, RandScore
 
 REPORT = "report.html"
 FALSE_MEMBRANE = (230, 40, 40)  # truth cell, predicted membrane
@@ -41,11 +41,17 @@ img { max-width: 100%; }
 """
 
 
-def error_map(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """RGB: the image dimmed to grey, false membrane pixels red, false cell pixels blue."""
+def error_map(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
+              num_classes: int = 2) -> np.ndarray:
+    """RGB: the image dimmed to grey, false membrane pixels red, false cell pixels blue (K class
+    indices: every wrong pixel red)."""
     grey = image if image.ndim == 2 else image.reshape(image.shape[:2] + (-1,)).mean(axis=-1)
     rgb = np.repeat((0.5 * grey.astype(np.float32))[..., None], 3, axis=-1)
-    truth_cell, predicted_cell = truth.reshape(grey.shape) > 0, predicted > 0
+    truth = truth.reshape(grey.shape)
+    if num_classes > 2:
+        rgb[truth != predicted] = FALSE_MEMBRANE
+        return rgb.astype(np.uint8)
+    truth_cell, predicted_cell = truth > 0, predicted > 0
     rgb[truth_cell & ~predicted_cell] = FALSE_MEMBRANE
     rgb[~truth_cell & predicted_cell] = FALSE_CELL
     return rgb.astype(np.uint8)
@@ -101,21 +107,29 @@ def _settings_table(config: PipelineConfig) -> str:
     return f"<table>{rows}</table>"
 
 
-def _image_rows(model_dir: str, eval_examples: str) -> tuple[str, int]:
+def _image_rows(model_dir: str, eval_examples: str) -> tuple[str, int, int]:
+    """The eval images' HTML, how many, and the model's number of classes."""
     model = LocalModel(model_dir)
-    rows = []
+    rows, classes = [], 2
     for example in read_examples(eval_examples):
         image, truth = example["image"], example["mask"]
         probabilities = model.segment([encode_png(image)])[0]
-        predicted = binary_mask(probabilities)
-        dice = _score(MembraneDice(), truth, probabilities)
-        rand = _score(RandScore(), truth, probabilities)
+        predicted, classes = binary_mask(probabilities), max(2, probabilities.shape[-1])
+        if classes == 2:
+            scores = (f"membrane Dice {_score(MembraneDice(), truth, probabilities):.3f}, "
+                      f"Rand {_score(RandScore(), truth, probabilities):.3f}")
+        else:
+            metric = MeanClassDice(classes)
+            metric.update_state(np.eye(classes, dtype=np.float32)[truth][None],
+                                probabilities[None])
+            scores = f"mean class Dice {float(metric.result()):.3f}"
         rows.append(
-            f"<h3>{html.escape(example['id'])}: membrane Dice {dice:.3f}, Rand {rand:.3f}</h3>"
-            f'<div class="images">{_img(image, "image")}{_img(truth, "truth")}'
-            f'{_img(predicted, "prediction")}'
-            f'{_img(error_map(image, truth, predicted), "errors")}</div>')
-    return "".join(rows), len(rows)
+            f"<h3>{html.escape(example['id'])}: {scores}</h3>"
+            f'<div class="images">{_img(image, "image")}'
+            f'{_img(visible(truth, classes), "truth")}'
+            f'{_img(visible(predicted, classes), "prediction")}'
+            f'{_img(error_map(image, truth, predicted, classes), "errors")}</div>')
+    return "".join(rows), len(rows), classes
 
 
 def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
@@ -146,11 +160,14 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
     count = 0
     eval_examples = os.path.join(config.examples_dir, "eval")
     if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
-        rows, count = _image_rows(model_dir, eval_examples)
+        rows, count, classes = _image_rows(model_dir, eval_examples)
+        legend = (f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
+                  f'<span style="background: rgb{FALSE_CELL}"></span> false cell'
+                  if classes == 2 else
+                  f'<span style="background: rgb{FALSE_MEMBRANE}"></span> wrong class '
+                  f"(classes 0-{classes - 1} shown dark to bright)")
         parts += ["<h2>Eval images</h2>",
-                  '<p class="legend">image, truth, prediction, errors: '
-                  f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
-                  f'<span style="background: rgb{FALSE_CELL}"></span> false cell '
+                  f'<p class="legend">image, truth, prediction, errors: {legend} '
                   f"(model {html.escape(model_dir)})</p>", rows]
     parts += ["<h2>Settings</h2>", _settings_table(config)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"

@@ -297,6 +297,8 @@ class BaseSegmentationClient:
                 p = answer[PROBABILITIES][position] if PROBABILITIES in answer else None
                 if server_mask:
                     mask = decode_mask_png(answer[MASK_PNG_BYTES][position])
+                elif p.shape[-1] > 1:  # K classes: each pixel's most probable class
+                    mask = np.argmax(p, axis=-1).astype(np.uint8)
                 else:
                     mask = np.where(p[..., 0] > (threshold if threshold is not None
                                                  else MODEL_THRESHOLD), 255, 0).astype(np.uint8)

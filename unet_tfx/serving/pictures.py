@@ -14,14 +14,24 @@ def decode_grey(encoded: bytes) -> np.ndarray:
 
 
 def binary_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """The labels' convention: 0 membrane, 255 cell."""
+    """The labels' convention: 0 membrane, 255 cell; for K classes ([H, W, K]) the most
+    probable class index."""
+    if probabilities.shape[-1] > 1:
+        return np.argmax(probabilities, axis=-1).astype(np.uint8)
     return np.where(probabilities[..., 0] > threshold, 255, 0).astype(np.uint8)
 
 
+def visible(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """A mask to look at: two classes as they are (0/255), K class indices spread over 0-255."""
+    return mask if num_classes <= 2 else (mask.astype(np.int32) * 255 // (num_classes - 1)
+                                          ).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """RGB: the image (grey [H, W] or [H, W, 1], or RGB) with membrane probability
-    (1 - p(cell)) painted red."""
-    membrane = 1.0 - probabilities[..., 0]
+    """RGB: the image (grey [H, W] or [H, W, 1], or RGB) with the probability of class 0 (the
+    membrane: 1 - p(cell); K classes: p(class 0)) painted red."""
+    membrane = (1.0 - probabilities[..., 0] if probabilities.shape[-1] == 1
+                else probabilities[..., 0])
     if image.ndim == 3 and image.shape[-1] == 3:
         rgb = image.astype(np.float32)
     else:

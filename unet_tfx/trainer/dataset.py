@@ -179,17 +179,18 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def _augment(image, mask, cfg: TrainingConfig, seed: tf.Tensor):
     """A random cfg.patch_size² crop of image and mask together; with cfg.augment, flips and
     90° turns, then the warps and intensity changes the config switches on (`augment.py`)."""
+    channels = image.shape[-1]  # the mask's: 1, or K one-hot
     both = tf.concat([image, mask], axis=-1)
     both = tf.image.stateless_random_crop(
         both, [cfg.patch_size, cfg.patch_size, tf.shape(both)[-1]], seed=seed)
     if not cfg.augment:
-        return both[..., :-1], both[..., -1:]
+        return both[..., :channels], both[..., channels:]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     both = tf.image.stateless_random_flip_left_right(both, seed=seeds[0])
     both = tf.image.stateless_random_flip_up_down(both, seed=seeds[1])
     turns = tf.random.stateless_uniform([], seeds[2], maxval=4, dtype=tf.int32)
     both = tf.image.rot90(both, k=turns)
-    image, mask = both[..., :-1], both[..., -1:]
+    image, mask = both[..., :channels], both[..., channels:]
     if cfg.rotate_degrees or cfg.scale or cfg.elastic_sigma:
         image, mask = augment.random_warp(image, mask, tf.random.experimental.stateless_fold_in(
             seed, 1), rotate_degrees=cfg.rotate_degrees, scale=cfg.scale,

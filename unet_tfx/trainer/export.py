@@ -178,8 +178,12 @@ def _signature(name: str):
 
 def mask_pngs(probabilities: tf.Tensor) -> tf.Tensor:
     """string [batch]: each map of `probabilities` [batch, H, W, 1] thresholded at THRESHOLD as
-    an 8-bit greyscale PNG, 255 cell / 0 membrane (the labels' convention)."""
-    masks = tf.cast(probabilities > THRESHOLD, tf.uint8) * 255
+    an 8-bit greyscale PNG, 255 cell / 0 membrane (the labels' convention); for K classes
+    ([batch, H, W, K]) each pixel's most probable class index 0..K-1."""
+    if probabilities.shape[-1] == 1:
+        masks = tf.cast(probabilities > THRESHOLD, tf.uint8) * 255
+    else:
+        masks = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)[..., None]
     return tf.map_fn(tf.io.encode_png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
@@ -207,7 +211,7 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
         probabilities = tf.cond(
             large,
             lambda: tiling.predict_tiled(predict, padded, limits.tile_size, limits.tile_overlap,
-                                         limits.tile_batch),
+                                         limits.tile_batch, model.output_shape[-1]),
             lambda: predict(padded))
         return probabilities[:, :height, :width, :]
 

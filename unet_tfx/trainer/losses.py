@@ -27,4 +27,15 @@ def two_class_dice_loss(y_true, y_pred):
     return 1.0 - 0.5 * (dice_coef(y_true, y_pred) + dice_coef(1.0 - y_true, 1.0 - y_pred))
 
 
+def multiclass_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """K classes: 1 - the mean over classes of each class's soft Dice over the whole batch
+    (y_true one-hot, y_pred softmax, both [..., K]). For K = 2 it is `two_class_dice_loss`."""
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    axes = tf.range(tf.rank(y_true) - 1)
+    intersection = tf.reduce_sum(y_true * y_pred, axis=axes)
+    totals = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
+    return 1.0 - tf.reduce_mean((2.0 * intersection + smooth) / (totals + smooth))
+
+
 LOSSES = {"dice": dice_loss, "dice2": two_class_dice_loss}

@@ -174,3 +174,74 @@ class VariationOfInformation(_CellRegionScore):
     @staticmethod
     def score(truth, prediction):
         return float(np.sum(variation_of_information(truth, prediction)))
+
+
+class ClassDice(keras.metrics.Metric):
+    """K classes: hard Dice of class `index`, the prediction being each pixel's argmax. (Not
+    `class_id`: TFMA reads a config key of that name as a sub-key and files the metric apart.)"""
+
+    def __init__(self, index: int = 0, name=None, **kwargs):
+        super().__init__(name=name or f"class_{index}_dice", **kwargs)
+        self.index = index
+        self.intersection = self.add_weight("intersection", initializer="zeros", dtype=tf.float64)
+        self.total = self.add_weight("total", initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth = tf.cast(tf.equal(tf.argmax(y_true, axis=-1), self.index), tf.float64)
+        pred = tf.cast(tf.equal(tf.argmax(y_pred, axis=-1), self.index), tf.float64)
+        self.intersection.assign_add(tf.reduce_sum(truth * pred))
+        self.total.assign_add(tf.reduce_sum(truth) + tf.reduce_sum(pred))
+
+    def result(self):
+        return tf.cast(tf.math.divide_no_nan(2.0 * self.intersection, self.total), tf.float32)
+
+    def reset_state(self):
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+class MeanClassDice(keras.metrics.Metric):
+    """K classes: the mean over classes of their hard (argmax) Dice."""
+
+    def __init__(self, num_classes: int = 3, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.classes = [ClassDice(k) for k in range(num_classes)]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        for metric in self.classes:
+            metric.update_state(y_true, y_pred)
+
+    def result(self):
+        return tf.add_n([metric.result() for metric in self.classes]) / self.num_classes
+
+    def reset_state(self):
+        for metric in self.classes:
+            metric.reset_state()
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+class ClassAccuracy(keras.metrics.Metric):
+    """K classes: share of pixels whose argmax class is the label's."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_weight("correct", initializer="zeros", dtype=tf.float64)
+        self.count = self.add_weight("count", initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        equal = tf.equal(tf.argmax(y_true, axis=-1), tf.argmax(y_pred, axis=-1))
+        self.correct.assign_add(tf.reduce_sum(tf.cast(equal, tf.float64)))
+        self.count.assign_add(tf.cast(tf.size(equal), tf.float64))
+
+    def result(self):
+        return tf.cast(tf.math.divide_no_nan(self.correct, self.count), tf.float32)
+
+    def reset_state(self):
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))

@@ -5,8 +5,8 @@ import logging
 import tf_keras as keras
 
 from unet_tfx.trainer.distribution import resolve_jit_compile
-from unet_tfx.trainer.losses import LOSSES, dice_coef
-from unet_tfx.trainer.metrics import MembraneDice, PixelAccuracy
+from unet_tfx.trainer.losses import LOSSES, dice_coef, multiclass_dice_loss
+from unet_tfx.trainer.metrics import ClassAccuracy, MeanClassDice, MembraneDice, PixelAccuracy
 
 
 def _double_conv(x, filters: int, name: str):
@@ -19,12 +19,14 @@ def _double_conv(x, filters: int, name: str):
 
 
 def build_unet(
-    input_shape: tuple = (None, None, 1), base_filters: int = 32, depth: int = 4
+    input_shape: tuple = (None, None, 1), base_filters: int = 32, depth: int = 4,
+    num_classes: int = 2,
 ) -> keras.Model:
     """Two 3x3 ReLU convs per level, filters doubling from `base_filters` over `depth` poolings.
 
     Down: 2x2 max-pooling. Up: 2x2 stride-2 Conv2DTranspose concatenated with the skip. Output:
-    a 1x1 sigmoid map. Fully convolutional: H and W must be divisible by 2**depth.
+    a 1x1 sigmoid map (p of class 1), or for `num_classes` K >= 3 a 1x1 softmax over K
+    channels. Fully convolutional: H and W must be divisible by 2**depth.
 
     Layers compute in the global mixed-precision policy's dtype (see `precision.py`), except the
     output layer: `probabilities` always computes and returns float32.
@@ -42,8 +44,10 @@ def build_unet(
                                          name=f"up{level}_transpose")(x)
         x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = _double_conv(x, filters, f"up{level}")
-    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
-                                  name="probabilities")(x)
+    outputs = keras.layers.Conv2D(
+        1 if num_classes == 2 else num_classes, 1,
+        activation="sigmoid" if num_classes == 2 else "softmax", dtype="float32",
+        name="probabilities")(x)
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -59,6 +63,14 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
+    num_classes = model.output_shape[-1]
+    if num_classes > 1:  # K classes: the mean soft Dice over classes, hard Dice per class
+        loss_fn, metrics = multiclass_dice_loss, [
+            MeanClassDice(num_classes, name="mean_class_dice"),
+            ClassAccuracy(name="pixel_accuracy")]
+    else:
+        loss_fn, metrics = LOSSES[loss], [dice_coef, MembraneDice(name="membrane_dice"),
+                                          PixelAccuracy(name="pixel_accuracy")]
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **ema)
     if model.dtype_policy.name == "mixed_float16":
@@ -69,9 +81,8 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
                                                    reason)
     model.compile(
         optimizer=optimizer,
-        loss=LOSSES[loss],
-        metrics=[dice_coef, MembraneDice(name="membrane_dice"),
-                 PixelAccuracy(name="pixel_accuracy")],
+        loss=loss_fn,
+        metrics=metrics,
         jit_compile=jit_compile,
     )
     return model

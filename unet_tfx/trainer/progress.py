@@ -41,7 +41,8 @@ def plot_history(history: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("loss", "dice_coef", "membrane_dice", "pixel_accuracy") if k in history]
+    keys = [k for k in ("loss", "dice_coef", "membrane_dice", "mean_class_dice", "pixel_accuracy")
+            if k in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         epochs = range(1, len(history[key]) + 1)

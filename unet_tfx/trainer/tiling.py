@@ -47,9 +47,9 @@ def tile_count(height: int, width: int, tile_size: int, overlap: int) -> int:
 
 
 def predict_tiled(predict, images: tf.Tensor, tile_size: int, overlap: int,
-                  tile_batch: int) -> tf.Tensor:
-    """`predict` (tiles [k, h, w, C] → probabilities [k, h, w, 1]) over overlapping tiles of
-    `images` [N, H, W, C], blended: float32 [N, H, W, 1].
+                  tile_batch: int, outputs: int = 1) -> tf.Tensor:
+    """`predict` (tiles [k, h, w, C] → probabilities [k, h, w, outputs]) over overlapping tiles
+    of `images` [N, H, W, C], blended: float32 [N, H, W, outputs].
 
     H and W must be multiples of the model's 2**depth, and `tile_size` and `overlap` too; a side
     shorter than `tile_size` is one tile of that side. Tiles of all N images are batched
@@ -78,12 +78,12 @@ def predict_tiled(predict, images: tf.Tensor, tile_size: int, overlap: int,
             tf.broadcast_to(batch[:, 2, None, None] + columns[None, None, :], pixels),
         ], axis=-1)  # [size, tile_h, tile_w, 3]
         probabilities = tf.cast(predict(tf.gather_nd(images, index)), tf.float32)
-        weights = tf.broadcast_to(window, tf.shape(probabilities))
+        weights = tf.broadcast_to(window, [size, tile_h, tile_w, 1])
         update = tf.concat([probabilities * weights, weights], axis=-1)
         return start + tile_batch, tf.tensor_scatter_nd_add(sums, index, update)
 
-    sums = tf.zeros(tf.concat([shape[:3], [2]], axis=0), tf.float32)
+    sums = tf.zeros(tf.concat([shape[:3], [outputs + 1]], axis=0), tf.float32)
     # One call at a time: iterations overlapping would hold several tile batches' activations.
     _, sums = tf.while_loop(lambda start, _: start < tf.shape(origins)[0], body, (0, sums),
                             parallel_iterations=1)
-    return sums[..., :1] / sums[..., 1:]
+    return sums[..., :outputs] / sums[..., outputs:]
