@@ -9,11 +9,14 @@ import pytest
 from unet_tfx.config import PROFILES, load_profile
 
 
-def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "unet_tfx.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    for command in ("ingest", "run", "compile", "submit", "predict"):
+def test_help_lists_every_subcommand_without_loading_tensorflow():
+    code = ("import sys\nfrom unet_tfx.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    print('tensorflow loaded:', 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    for command in ("ingest", "run", "compile", "submit", "predict", "report", "cv"):
         assert command in out
+    assert out.endswith("tensorflow loaded: False\n")
 
 
 def test_profiles_scale_the_same_model():
@@ -106,6 +109,8 @@ def test_augmentation_flags_reach_the_trainers_config():
         return _config(build_parser().parse_args(["run", *flags])).training
 
     assert (training().elastic_sigma, training().augment) == (0.0, True)
-    cfg = training("--elastic-sigma", "10", "--rotate-degrees", "15", "--brightness", "0.1")
-    assert (cfg.elastic_sigma, cfg.rotate_degrees, cfg.brightness, cfg.scale) == (10, 15, 0.1, 0)
+    cfg = training("--elastic-sigma", "10", "--rotate-degrees", "15", "--brightness", "0.1",
+                   "--gamma", "0.2")
+    assert (cfg.elastic_sigma, cfg.rotate_degrees, cfg.brightness, cfg.gamma, cfg.scale) == (
+        10, 15, 0.1, 0.2, 0)
     assert training("--no-augment").augment is False

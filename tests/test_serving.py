@@ -91,14 +91,14 @@ def test_predict_command_writes_masks_overlays_and_a_contact_sheet(first_run, pi
         overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png"))
         assert overlay.shape == (512, 512, 3)
     assert Image.open(tmp_path / "predictions.png").size == (3 * 256, 2 * 256)
-    assert not list(tmp_path.glob("*.tmp"))  # no temporary files left
+    assert not list(tmp_path.glob("*.partial"))  # no temporary files left
 
 
 def test_eval_picture_shows_every_eval_example(first_run, pipeline_config, tmp_path):
-    from unet_tfx.serving.eval_pictures import write_eval_predictions
+    from unet_tfx.serving.eval_pictures import eval_predictions, write_eval_predictions
 
     path = tmp_path / "eval.png"
-    shown = write_eval_predictions(first_run.pushed_to, f"{pipeline_config.examples_dir}/eval",
-                                   str(path))
+    shown = write_eval_predictions(
+        eval_predictions(first_run.pushed_to, f"{pipeline_config.examples_dir}/eval"), str(path))
     assert shown == 6
     assert Image.open(path).size == (4 * 256, 6 * 256)

@@ -3,9 +3,11 @@
 import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from unet_tfx.config import TrainingConfig
+from unet_tfx.trainer.augment import random_intensity
 from unet_tfx.trainer.dataset import _augment
 from unet_tfx.trainer.run_fn import backup_dir
 
@@ -70,3 +72,16 @@ def test_intensity_changes_the_image_only():
     plain_image, plain_mask = _augment(blobs, blobs, plain, seed)
     np.testing.assert_array_equal(mask, plain_mask)
     assert np.abs(image - plain_image).max() > 0.01
+
+
+def test_gamma_bends_the_middle_tones_and_keeps_the_range():
+    ramp = tf.reshape(tf.linspace(-2.0, 3.0, 64 * 64), [64, 64, 1])
+    changed = 0.0
+    for seed in range(4):
+        image = random_intensity(ramp, tf.constant([seed, 5], tf.int64), brightness=0.0,
+                                 contrast=0.0, gamma=0.5).numpy()
+        assert image.min() == pytest.approx(-2.0, abs=1e-5)
+        assert image.max() == pytest.approx(3.0, abs=1e-5)
+        assert np.all(np.diff(image.ravel()) >= -1e-5)  # still monotonic: a curve, no noise
+        changed += np.abs(image - ramp.numpy()).max()
+    assert changed / 4 > 0.1

@@ -69,6 +69,8 @@ def _add_config_arguments(parser) -> None:
                               help="brightness shift within ±B standard deviations")
     augmentation.add_argument("--contrast", type=float, metavar="C",
                               help="contrast factor within 1 ± C")
+    augmentation.add_argument("--gamma", type=float, metavar="G",
+                              help="gamma curve of exponent within exp(±G)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                               help="no augmentation at all (not even flips and turns)")
     retraining = parser.add_argument_group("retraining")
@@ -84,7 +86,8 @@ def _add_config_arguments(parser) -> None:
                             help="pushed versions to keep under the serving base (default: 3)")
 
 
-AUGMENTATION = ("augment", "rotate_degrees", "scale", "elastic_sigma", "brightness", "contrast")
+AUGMENTATION = ("augment", "rotate_degrees", "scale", "elastic_sigma", "brightness", "contrast",
+                "gamma")
 
 
 def _dataset(args):
@@ -138,24 +141,26 @@ def _run(args) -> int:
               f"{spec.channels} channel(s); next time: --dataset {written}")
     summary = run_local(config, beam_workers=args.beam_workers, dataset=spec)
     print(summary.format())
-    _report(summary, config)
-    if summary.pushed_to and config.split == "folders":
+    predictions = _report(summary, config)
+    if summary.pushed_to and predictions:  # the report showed the pushed model
         from unet_tfx.serving.eval_pictures import write_eval_predictions
 
         picture = os.path.join(config.pipeline_root, "eval_predictions.png")
-        eval_examples = os.path.join(config.examples_dir, "eval")
-        write_eval_predictions(summary.pushed_to, eval_examples, picture)
+        write_eval_predictions(predictions, picture)
         print(f"eval predictions (image, truth, overlay, prediction): {picture}")
     print(f"full log: {log_file}")
     return 0 if summary.succeeded else 1
 
 
-def _report(summary, config) -> None:
+def _report(summary, config) -> list:
+    """Write the run's report.html; return the eval predictions it shows."""
     from unet_tfx.pipeline.report import REPORT, write_report
 
     path = os.path.join(config.pipeline_root, REPORT)
-    images = write_report(summary, config, path)
-    print(f"report (metrics, training curves, {images} eval images with errors): {path}")
+    predictions = write_report(summary, config, path)
+    print(f"report (metrics, training curves, {len(predictions)} eval images with errors): "
+          f"{path}")
+    return predictions
 
 
 def _register_report(subparsers) -> None:
@@ -340,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    console.silence_library_noise()  # first: before anything imports TensorFlow or Google's
+    args = build_parser().parse_args(argv)  # --help and usage errors answer without TensorFlow
+    console.silence_library_noise()  # then, before anything imports TensorFlow or Google's
     from unet_tfx.dataset_spec import DatasetError
     from unet_tfx.ingest.errors import IngestError
 
-    args = build_parser().parse_args(argv)
     console.setup(args.verbose)
     try:
         return args.func(args)

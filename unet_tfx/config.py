@@ -39,12 +39,14 @@ class TrainingConfig:
     # Beyond flips and turns (unet_tfx/trainer/augment.py), each 0 = off: rotation within
     # ±rotate_degrees, scaling within 1 ± scale, elastic deformation (displacements of std
     # elastic_sigma pixels on a 3x3 grid, as in the U-Net paper), brightness (± standard
-    # deviations of the z-scored image) and contrast (factor 1 ± contrast).
+    # deviations of the z-scored image), contrast (factor 1 ± contrast) and gamma (exponent
+    # within exp(±gamma)).
     rotate_degrees: float = 0.0
     scale: float = 0.0
     elastic_sigma: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    gamma: float = 0.0
     seed: int = 42
     # Compute dtype policy: "auto" picks mixed_float16 on NVIDIA GPUs of compute capability >= 7.0,
     # mixed_bfloat16 on CPUs with native bfloat16 (avx512_bf16 / amx_bf16), else float32.

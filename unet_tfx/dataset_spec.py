@@ -25,6 +25,7 @@ import tensorflow as tf
 import yaml
 
 from unet_tfx.config import BUNDLED_DATA, PROFILES
+from unet_tfx.files import write_atomically
 
 DATASET_FILE = "dataset.yaml"
 DEFAULT_DATASET = BUNDLED_DATA / DATASET_FILE
@@ -123,10 +124,7 @@ def write_dataset(spec: DatasetSpec, path) -> None:
     """Write `spec` as a dataset file (through a temporary name, then renamed)."""
     data = {k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(spec).items() if v not in ("", None, ())}
-    tmp = f"{path}.partial"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    tf.io.gfile.rename(tmp, os.fspath(path), overwrite=True)
+    write_atomically(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def infer_dataset(images: str, masks: str | None, eval_count: int, name: str = "") -> DatasetSpec:

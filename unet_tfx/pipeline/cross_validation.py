@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from unet_tfx.config import PipelineConfig
 from unet_tfx.dataset_spec import DatasetSpec
+from unet_tfx.files import write_atomically
 from unet_tfx.ingest.sources import find_sources, natural_key
 from unet_tfx.pipeline.local_runner import run_local
 
@@ -73,9 +74,7 @@ def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, see
               "summary": summarize_folds([r["metrics"] for r in results])}
     tf.io.gfile.makedirs(output)
     path = os.path.join(output, RESULTS)
-    with tf.io.gfile.GFile(f"{path}.partial", "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -27,6 +27,8 @@ from google.protobuf import json_format
 from kfp.local import executor_input_utils, executor_output_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
+from unet_tfx.files import write_atomically
+
 log = logging.getLogger("unet_tfx.pipeline")
 
 # Executor kinds each backend runs (`resolver`: ML Metadata queries, Vertex only).
@@ -197,9 +199,7 @@ def run_spec(spec: pb.PipelineSpec, pipeline_root: str, run_id: str, *, workdir:
                 cache[key] = {k: [json_format.MessageToDict(a) for a in v]
                               for k, v in outputs.items()}
                 order.done(name)
-    with open(cache_path + ".partial", "w") as f:
-        json.dump(cache, f)
-    os.replace(cache_path + ".partial", cache_path)
+    write_atomically(cache_path, json.dumps(cache))
     return runs
 
 

@@ -20,6 +20,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
 from unet_tfx.config import TARGETS, PipelineConfig, resolve_uri
+from unet_tfx.files import write_atomically
 from unet_tfx.pipeline.pipeline import create_pipeline
 
 SUFFIXES = {"kubeflow": ".yaml", "vertex": ".json"}
@@ -130,8 +131,5 @@ def compile_pipeline(config: PipelineConfig, image: str, output_file: str,
         text = json.dumps(job, indent=1, sort_keys=True)
     directory = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(directory, exist_ok=True)
-    partial = f"{output_file}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(partial, output_file)
+    write_atomically(output_file, text)
     return output_file

@@ -16,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from unet_tfx.config import PipelineConfig
-from unet_tfx.ingest import read_examples
+from unet_tfx.files import write_atomically
 from unet_tfx.ingest.decode import encode_png
 from unet_tfx.pipeline.run_summary import RunSummary
-from unet_tfx.serving.local_model import LocalModel
+from unet_tfx.serving.eval_pictures import eval_predictions
 from unet_tfx.serving.pictures import binary_mask, visible
 from unet_tfx.trainer.metrics import MeanClassDice, MembraneDice, RandScore
 
@@ -107,13 +107,11 @@ def _settings_table(config: PipelineConfig) -> str:
     return f"<table>{rows}</table>"
 
 
-def _image_rows(model_dir: str, eval_examples: str) -> tuple[str, int, int]:
-    """The eval images' HTML, how many, and the model's number of classes."""
-    model = LocalModel(model_dir)
+def _image_rows(predictions: list) -> tuple[str, int]:
+    """The eval images' HTML and the model's number of classes."""
     rows, classes = [], 2
-    for example in read_examples(eval_examples):
+    for example, probabilities in predictions:
         image, truth = example["image"], example["mask"]
-        probabilities = model.segment([encode_png(image)])[0]
         predicted, classes = binary_mask(probabilities), max(2, probabilities.shape[-1])
         if classes == 2:
             scores = (f"membrane Dice {_score(MembraneDice(), truth, probabilities):.3f}, "
@@ -129,12 +127,13 @@ def _image_rows(model_dir: str, eval_examples: str) -> tuple[str, int, int]:
             f'{_img(visible(truth, classes), "truth")}'
             f'{_img(visible(predicted, classes), "prediction")}'
             f'{_img(error_map(image, truth, predicted, classes), "errors")}</div>')
-    return "".join(rows), len(rows), classes
+    return "".join(rows), classes
 
 
-def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
-    """Write the page for `summary`'s run to `path` (via a temporary file); return how many eval
-    images it shows. The images show the pushed model, else the Trainer's newest candidate."""
+def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> list:
+    """Write the page for `summary`'s run to `path` (via a temporary file); return the eval
+    predictions it shows (`eval_predictions`): the pushed model's, else the Trainer's newest
+    candidate's."""
     root = config.pipeline_root
     model_dir = summary.pushed_to
     if not model_dir and (candidate := newest_artifact(root, "Trainer", "model")):
@@ -157,10 +156,11 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
             data = base64.b64encode(f.read()).decode()
         parts += ["<h2>Training curves</h2>",
                   f'<img alt="training curves" src="data:image/png;base64,{data}">']
-    count = 0
+    predictions = []
     eval_examples = os.path.join(config.examples_dir, "eval")
     if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
-        rows, count, classes = _image_rows(model_dir, eval_examples)
+        predictions = eval_predictions(model_dir, eval_examples)
+        rows, classes = _image_rows(predictions)
         legend = (f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
                   f'<span style="background: rgb{FALSE_CELL}"></span> false cell'
                   if classes == 2 else
@@ -172,7 +172,5 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> int:
     parts += ["<h2>Settings</h2>", _settings_table(config)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
-    with tf.io.gfile.GFile(f"{path}.partial", "w") as f:
-        f.write(page)
-    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
-    return count
+    write_atomically(path, page)
+    return predictions

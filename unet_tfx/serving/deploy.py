@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from unet_tfx.config import ServingLimits
+from unet_tfx.files import write_atomically
 
 GRPC_PORT, REST_PORT = 8500, 8501
 SERVING_IMAGE = "tensorflow/serving:2.16.1"  # the release of the tensorflow-serving-api we pin
@@ -230,12 +231,6 @@ With Docker (CPU; GPU with the `-gpu` image and `--gpus all`):
 """
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_serving_config(serving_dir: str, model_name: str, output: str,
                          model_base_path: str | None = None, config_path: str | None = None,
                          versions: int = 1, stable: int | None = None,
@@ -289,7 +284,7 @@ def write_serving_config(serving_dir: str, model_name: str, output: str,
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        _write(out / name, text)
+        write_atomically(out / name, text)
     return files
 
 

@@ -1,11 +1,11 @@
 """Pictures a person looks at: predicted membranes over the image, side by side with the truth."""
 
 import io
-import os
 
 import numpy as np
 from PIL import Image
 
+from unet_tfx.files import write_atomically
 from unet_tfx.ingest.decode import encode_png
 
 
@@ -57,7 +57,4 @@ def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:
 
 def save_png(path, picture: np.ndarray) -> None:
     """Write `picture` as a PNG at `path` via a temporary file, so no half-written file is seen."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(encode_png(picture))
-    os.replace(tmp, path)
+    write_atomically(path, encode_png(picture))

@@ -4,7 +4,7 @@
   plus the U-Net paper's elastic deformation (random displacements on a coarse grid, smoothly
   interpolated to every pixel); coordinates outside the patch are mirrored back into it. The
   image is sampled bilinearly, the mask by nearest neighbour (it stays {0, 1}).
-- `random_intensity`: brightness and contrast of the (z-scored) image.
+- `random_intensity`: gamma, brightness and contrast of the (z-scored) image.
 """
 
 import math
@@ -65,10 +65,17 @@ def random_warp(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, *, rotate_de
 
 
 def random_intensity(image: tf.Tensor, seed: tf.Tensor, *, brightness: float,
-                     contrast: float) -> tf.Tensor:
-    """A z-scored image shifted by up to ±brightness standard deviations and scaled by a
-    contrast factor within 1 ± contrast."""
+                     contrast: float, gamma: float = 0.0) -> tf.Tensor:
+    """A z-scored image through a gamma curve of exponent within exp(±gamma) (on the patch's own
+    range, which it keeps), then shifted by up to ±brightness standard deviations and scaled by
+    a contrast factor within 1 ± contrast."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
+    if gamma:
+        low, high = tf.reduce_min(image), tf.reduce_max(image)
+        span = tf.maximum(high - low, 1e-6)
+        exponent = tf.exp(tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(seed, 3), -gamma, gamma))
+        image = ((image - low) / span) ** exponent * span + low
     shift = tf.random.stateless_uniform([], seeds[0], -brightness, brightness)
     factor = 1.0 + tf.random.stateless_uniform([], seeds[1], -contrast, contrast)
     return image * factor + shift

@@ -195,9 +195,10 @@ def _augment(image, mask, cfg: TrainingConfig, seed: tf.Tensor):
         image, mask = augment.random_warp(image, mask, tf.random.experimental.stateless_fold_in(
             seed, 1), rotate_degrees=cfg.rotate_degrees, scale=cfg.scale,
             elastic_sigma=cfg.elastic_sigma)
-    if cfg.brightness or cfg.contrast:
+    if cfg.brightness or cfg.contrast or cfg.gamma:
         image = augment.random_intensity(image, tf.random.experimental.stateless_fold_in(seed, 2),
-                                         brightness=cfg.brightness, contrast=cfg.contrast)
+                                         brightness=cfg.brightness, contrast=cfg.contrast,
+                                         gamma=cfg.gamma)
     return image, mask
 
 

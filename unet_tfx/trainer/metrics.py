@@ -15,8 +15,24 @@ from skimage.measure import label
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 
-class _ThresholdMetric(keras.metrics.Metric):
-    """Shared plumbing: the threshold, its config, and flat boolean truth/prediction."""
+def _ratio(numerator, denominator):
+    """numerator / denominator as the float32 result, 0 where the denominator is 0."""
+    return tf.cast(tf.math.divide_no_nan(numerator, denominator), tf.float32)
+
+
+class _SumsMetric(keras.metrics.Metric):
+    """A metric whose states are float64 sums, all zeroed by `reset_state`."""
+
+    def _sum(self, name: str):
+        return self.add_weight(name, initializer="zeros", dtype=tf.float64)
+
+    def reset_state(self):
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))
+
+
+class _ThresholdMetric(_SumsMetric):
+    """Two classes: the threshold, its config, and flat boolean truth/prediction."""
 
     def __init__(self, name=None, threshold: float = 0.5, **kwargs):
         super().__init__(name=name, **kwargs)
@@ -26,13 +42,6 @@ class _ThresholdMetric(keras.metrics.Metric):
         truth = tf.reshape(tf.cast(y_true, tf.float32), [-1]) > 0.5
         pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1]) > self.threshold
         return truth, pred
-
-    def _sum(self, name: str):
-        return self.add_weight(name, initializer="zeros", dtype=tf.float64)
-
-    def reset_state(self):
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
@@ -56,7 +65,7 @@ class _ClassDice(_ThresholdMetric):
         self.total.assign_add(tf.reduce_sum(truth) + tf.reduce_sum(pred))
 
     def result(self):
-        return tf.cast(tf.math.divide_no_nan(2.0 * self.intersection, self.total), tf.float32)
+        return _ratio(2.0 * self.intersection, self.total)
 
 
 class CellDice(_ClassDice):
@@ -76,7 +85,7 @@ class CellIou(CellDice):
 
     def result(self):
         union = self.total - self.intersection
-        return tf.cast(tf.math.divide_no_nan(self.intersection, union), tf.float32)
+        return _ratio(self.intersection, union)
 
 
 class MembraneIou(CellIou):
@@ -114,7 +123,7 @@ class PixelAccuracy(_ThresholdMetric):
         self.count.assign_add(tf.cast(tf.size(truth), tf.float64))
 
     def result(self):
-        return tf.cast(tf.math.divide_no_nan(self.correct, self.count), tf.float32)
+        return _ratio(self.correct, self.count)
 
 
 class _CellRegionScore(_ThresholdMetric):
@@ -150,7 +159,7 @@ class _CellRegionScore(_ThresholdMetric):
         self.images.assign_add(tf.reduce_sum(tf.cast(defined, tf.float64)))
 
     def result(self):
-        return tf.cast(tf.math.divide_no_nan(self.total, self.images), tf.float32)
+        return _ratio(self.total, self.images)
 
 
 class RandScore(_CellRegionScore):
@@ -176,15 +185,14 @@ class VariationOfInformation(_CellRegionScore):
         return float(np.sum(variation_of_information(truth, prediction)))
 
 
-class ClassDice(keras.metrics.Metric):
+class ClassDice(_SumsMetric):
     """K classes: hard Dice of class `index`, the prediction being each pixel's argmax. (Not
     `class_id`: TFMA reads a config key of that name as a sub-key and files the metric apart.)"""
 
     def __init__(self, index: int = 0, name=None, **kwargs):
         super().__init__(name=name or f"class_{index}_dice", **kwargs)
         self.index = index
-        self.intersection = self.add_weight("intersection", initializer="zeros", dtype=tf.float64)
-        self.total = self.add_weight("total", initializer="zeros", dtype=tf.float64)
+        self.intersection, self.total = self._sum("intersection"), self._sum("total")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth = tf.cast(tf.equal(tf.argmax(y_true, axis=-1), self.index), tf.float64)
@@ -193,11 +201,7 @@ class ClassDice(keras.metrics.Metric):
         self.total.assign_add(tf.reduce_sum(truth) + tf.reduce_sum(pred))
 
     def result(self):
-        return tf.cast(tf.math.divide_no_nan(2.0 * self.intersection, self.total), tf.float32)
-
-    def reset_state(self):
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
+        return _ratio(2.0 * self.intersection, self.total)
 
     def get_config(self):
         return {**super().get_config(), "index": self.index}
@@ -226,13 +230,12 @@ class MeanClassDice(keras.metrics.Metric):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
-class ClassAccuracy(keras.metrics.Metric):
+class ClassAccuracy(_SumsMetric):
     """K classes: share of pixels whose argmax class is the label's."""
 
     def __init__(self, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.correct = self.add_weight("correct", initializer="zeros", dtype=tf.float64)
-        self.count = self.add_weight("count", initializer="zeros", dtype=tf.float64)
+        self.correct, self.count = self._sum("correct"), self._sum("count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         equal = tf.equal(tf.argmax(y_true, axis=-1), tf.argmax(y_pred, axis=-1))
@@ -240,8 +243,4 @@ class ClassAccuracy(keras.metrics.Metric):
         self.count.assign_add(tf.cast(tf.size(equal), tf.float64))
 
     def result(self):
-        return tf.cast(tf.math.divide_no_nan(self.correct, self.count), tf.float32)
-
-    def reset_state(self):
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
+        return _ratio(self.correct, self.count)

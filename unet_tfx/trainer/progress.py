@@ -6,6 +6,8 @@ import time
 
 import tf_keras as keras
 
+from unet_tfx.files import write_atomically
+
 log = logging.getLogger("unet_tfx.trainer")
 
 
@@ -59,12 +61,9 @@ def save_figure(fig, path: str) -> None:
     """Write a matplotlib figure as a PNG at `path` (local or a URI) via a temporary file, then
     close it."""
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    with tf.io.gfile.GFile(f"{path}.partial", "wb") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
+    write_atomically(path, buffer.getvalue())
