@@ -224,7 +224,7 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
     images, masks = write_ellipses(tmp_path / "cells", 6, size=(64, 96), rgb=False)
     output = tmp_path / "cv"
     assert main(["cv", "--folds", "2", "--images", str(images), "--masks", str(masks),
-                 "--profile", "test", "--output", str(output)]) == 0
+                 "--profile", "test", "--mask-threshold", "0.4", "--output", str(output)]) == 0
     out = capsys.readouterr().out
     record = json.loads((output / "cv.json").read_text())
     evals = [fold["eval_ids"] for fold in record["per_fold"]]
@@ -234,11 +234,19 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
         manifest = json.loads((output / f"fold-{k}" / "examples" / "ingest.json").read_text())
         assert manifest["splits"]["eval"]["ids"] == fold["eval_ids"]
         assert 0.0 <= fold["metrics"]["rand_score"] <= 1.0
+        # The sweep scores the fold's model with the Evaluator's metrics: at the threshold the
+        # run served and evaluated with (--mask-threshold), it finds the Evaluator's values.
+        for name in ("membrane_dice", "mean_dice", "rand_score"):
+            assert fold["thresholds"]["0.4"][name] == pytest.approx(fold["metrics"][name],
+                                                                    abs=0.01)
+        assert fold["thresholds"]["0.3"] != fold["thresholds"]["0.7"]
     dice = [fold["metrics"]["membrane_dice"] for fold in record["per_fold"]]
     assert record["summary"]["membrane_dice"]["mean"] == pytest.approx(np.mean(dice))
     assert record["summary"]["membrane_dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
     assert "2-fold cross-validation, mean ± std:" in out
     assert f"membrane_dice              {np.mean(dice):.4f} ± " in out
+    assert set(record["threshold_summary"]) == {"0.3", "0.4", "0.5", "0.6", "0.7"}
+    assert "the same models with the mask at other p(cell) thresholds" in out
 
 
 def test_a_mask_level_outside_the_classes_is_refused_naming_the_file(tmp_path):

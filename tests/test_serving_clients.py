@@ -599,7 +599,7 @@ def _png_declaring(height: int, width: int) -> bytes:
 def test_output_names_and_message_limits_follow_the_export_and_the_limits():
     assert PROBABILITIES == export.PROBABILITIES
     assert MASK_PNG_BYTES == export.MASK_PNG
-    assert client_module.MODEL_THRESHOLD == export.THRESHOLD
+    assert client_module.MODEL_THRESHOLD == export.DEFAULT_THRESHOLD
     send, receive = message_limits(ServingLimits())
     assert send >= ServingLimits().max_request_bytes
     assert 4096 * 4096 * 4 < receive < 2 * 4096 * 4096 * 4  # a 4096² float answer, not 4 MiB

@@ -36,6 +36,9 @@ EVAL_IDS = (4, 9)  # two images of the eval split
 # The test profile's U-Net in small tiles, so 1024² is 100 tiles; images up to 4096².
 TILED = ServingLimits(max_pixels=4096 * 4096, tile_size=128, tile_overlap=32, tile_batch=4)
 WHOLE = dataclasses.replace(TILED, tile_size=4096)  # the same model, never tiled
+# The masks' p(cell) threshold the model is exported with: not the default 0.5, so the tests
+# see the export's threshold reach every mask (the untrained model answers ~0.5 everywhere).
+THRESHOLD = 0.45
 KUBERNETES_VERSION = "1.30.0"  # the manifests' schema check; kubernetes-validate has 1.25-1.37
 
 
@@ -88,7 +91,7 @@ def tiled_dir(model, transform_output, eval_examples, tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("served") / "1")
     export_serving_model(model, transform_output, directory, channels=1, depth=4,
                          limits=dataclasses.asdict(TILED),
-                         warmup_images=warmup.eval_pngs(eval_examples[0]))
+                         warmup_images=warmup.eval_pngs(eval_examples[0]), threshold=THRESHOLD)
     return directory
 
 
@@ -101,8 +104,8 @@ def signatures(tiled_dir):
 
 def test_mask_png_bytes_is_the_thresholded_probabilities(signatures):
     """Whole (64²) and tiled (300x200) requests, a batch of two: each PNG decodes to the mask
-    `probabilities > 0.5` (255 cell, 0 membrane) at the image's size; `serving_mask` answers the
-    same bytes alone."""
+    `probabilities > THRESHOLD` (255 cell, 0 membrane) at the image's size; `serving_mask`
+    answers the same bytes alone."""
     for height, width in ((SIZE, SIZE), (300, 200)):
         images = [_png(mosaic(512)[:height, :width]), _png(mosaic(512)[-height:, -width:])]
         answer = signatures["serving_default"](images=tf.constant(images))
@@ -111,7 +114,8 @@ def test_mask_png_bytes_is_the_thresholded_probabilities(signatures):
         for p, png in zip(probabilities, masks, strict=True):
             mask = _decode(png)
             assert mask.shape == (height, width) and mask.dtype == np.uint8
-            np.testing.assert_array_equal(mask, np.where(p[..., 0] > 0.5, 255, 0))
+            np.testing.assert_array_equal(mask, np.where(p[..., 0] > THRESHOLD, 255, 0))
+            assert np.any((p[..., 0] > THRESHOLD) != (p[..., 0] > 0.5))  # a test that can fail
         alone = signatures["serving_mask"](images=tf.constant(images))
         assert list(alone) == [MASK_PNG]
         assert list(alone[MASK_PNG].numpy()) == list(masks)
@@ -137,7 +141,7 @@ def test_serving_tta_is_the_mean_over_flips_and_turns_turned_back(signatures):
     assert np.abs(tta - signatures["serving_default"](images=tf.constant([_png(image)]))[
         PROBABILITIES].numpy()[0]).max() > 1e-3  # it is not the plain answer
     np.testing.assert_array_equal(_decode(answer[MASK_PNG].numpy()[0]),
-                                  np.where(tta[..., 0] > 0.5, 255, 0))
+                                  np.where(tta[..., 0] > THRESHOLD, 255, 0))
 
 
 # --- tiles ------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ MEASURE = textwrap.dedent("""
         status = open("/proc/self/status").read()
         return int(re.search(field + r":\\s+(\\d+) kB", status).group(1)) / 1024
 
-    model_dir, image, small = sys.argv[1:4]
+    model_dir, image, small, threshold = sys.argv[1:5]
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
     serve(images=tf.constant([open(small, "rb").read()]))
     baseline = resident_mb("VmRSS")
@@ -226,7 +230,7 @@ MEASURE = textwrap.dedent("""
                       "seconds": seconds, "shape": list(probabilities.shape),
                       "mask_bytes": len(answer["mask_png_bytes"].numpy()[0]),
                       "mask_ok": bool(np.array_equal(
-                          mask, np.where(probabilities[0, ..., 0] > 0.5, 255, 0)))}))
+                          mask, np.where(probabilities[0, ..., 0] > float(threshold), 255, 0)))}))
 """)
 
 
@@ -240,7 +244,7 @@ def test_a_4096_image_round_trip_in_bounded_memory(tiled_dir, tmp_path):
     (tmp_path / "small.png").write_bytes(_png(mosaic(512)[:SIZE, :SIZE]))
     (tmp_path / "measure.py").write_text(MEASURE)
     done = subprocess.run([sys.executable, str(tmp_path / "measure.py"), tiled_dir,
-                           str(tmp_path / "big.png"), str(tmp_path / "small.png")],
+                           str(tmp_path / "big.png"), str(tmp_path / "small.png"), str(THRESHOLD)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

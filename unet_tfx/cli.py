@@ -71,6 +71,9 @@ def _add_config_arguments(parser) -> None:
                               help="contrast factor within 1 ± C")
     augmentation.add_argument("--gamma", type=float, metavar="G",
                               help="gamma curve of exponent within exp(±G)")
+    parser.add_argument("--mask-threshold", type=float, metavar="P",
+                        help="p(cell) above which a pixel is cell in the served masks, the "
+                        "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                               help="no augmentation at all (not even flips and turns)")
     retraining = parser.add_argument_group("retraining")
@@ -123,7 +126,8 @@ def _config(args, spec=None):
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
-        keep_versions=args.keep_versions, **{key: getattr(args, key) for key in AUGMENTATION},
+        keep_versions=args.keep_versions, mask_threshold=args.mask_threshold,
+        **{key: getattr(args, key) for key in AUGMENTATION},
     )
 
 
@@ -146,7 +150,7 @@ def _run(args) -> int:
         from unet_tfx.serving.eval_pictures import write_eval_predictions
 
         picture = os.path.join(config.pipeline_root, "eval_predictions.png")
-        write_eval_predictions(predictions, picture)
+        write_eval_predictions(predictions, picture, config.training.mask_threshold)
         print(f"eval predictions (image, truth, overlay, prediction): {picture}")
     print(f"full log: {log_file}")
     return 0 if summary.succeeded else 1

@@ -49,6 +49,10 @@ class TrainingConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     gamma: float = 0.0
+    # p(cell) above which a pixel is cell: in the served masks, the Evaluator's two-class metrics
+    # and the report. Lower thins the predicted membranes (choose it by `unet-tfx cv`, which
+    # scores each fold's model at several thresholds).
+    mask_threshold: float = 0.5
     seed: int = 42
     # Compute dtype policy: "auto" picks mixed_float16 on NVIDIA GPUs of compute capability >= 7.0,
     # mixed_bfloat16 on CPUs with native bfloat16 (avx512_bf16 / amx_bf16), else float32.
@@ -76,6 +80,9 @@ class TrainingConfig:
         if self.jit_compile not in JIT_COMPILE_MODES:
             raise ValueError(f"TrainingConfig.jit_compile must be one of "
                              f"{', '.join(JIT_COMPILE_MODES)}; got {self.jit_compile!r}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"TrainingConfig.mask_threshold must be between 0 and 1 (exclusive); "
+                             f"got {self.mask_threshold!r}")
         if isinstance(self.backup_every_steps, bool) or not isinstance(
                 self.backup_every_steps, int) or self.backup_every_steps < 0:
             raise ValueError("TrainingConfig.backup_every_steps must be an integer >= 0 (0: per "

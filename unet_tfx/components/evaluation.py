@@ -14,9 +14,10 @@ REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy", "Me
                     "CellIou", "RandScore", "VariationOfInformation")
 
 
-def eval_config(min_membrane_dice: float, max_dice_drop: float,
-                num_classes: int = 2) -> tfma.EvalConfig:
-    """Raw examples in, labels from `transform_features`, predictions from `serving_examples`.
+def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int = 2,
+                threshold: float = 0.5) -> tfma.EvalConfig:
+    """Raw examples in, labels from `transform_features`, predictions from `serving_examples`
+    (two classes: a pixel is cell where p(cell) > `threshold`).
 
     The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) exceeds
     `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
@@ -34,6 +35,7 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float,
             tfma.MetricConfig(
                 class_name=name, module=METRICS_MODULE,
                 threshold=gate if name == "MembraneDice" else None,
+                config=json.dumps({"threshold": threshold}),
             )
             for name in REPORTED_METRICS
         ]

@@ -4,6 +4,9 @@ The ids are shuffled with a seed and dealt into k folds; fold i is ingested with
 eval split, and the whole local pipeline (Transform, Trainer, Evaluator) runs on it under
 `<output>/fold-i/`. Each fold's Evaluator metrics are collected, and their mean and standard
 deviation written to `<output>/cv.json`. A re-run reuses the finished folds from their caches.
+
+Two classes: each fold's model is also scored at several mask thresholds (`THRESHOLDS`) with the
+Evaluator's own metric classes, so the threshold a profile serves with is chosen by CV too.
 """
 
 import dataclasses
@@ -21,11 +24,17 @@ from unet_tfx.dataset_spec import DatasetSpec
 from unet_tfx.files import write_atomically
 from unet_tfx.ingest.sources import find_sources, natural_key
 from unet_tfx.pipeline.local_runner import run_local
+from unet_tfx.pipeline.report import run_model
+from unet_tfx.serving.eval_pictures import eval_predictions
+from unet_tfx.trainer.metrics import MeanDice, MembraneDice, RandScore
 
 log = logging.getLogger("unet_tfx.pipeline")
 RESULTS = "cv.json"
 # The columns printed per fold (every metric is in cv.json).
 SHOWN = ("membrane_dice", "mean_dice", "rand_score", "variation_of_information")
+# p(cell) thresholds each fold's model is scored at, and the metrics (Evaluator's names).
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SWEPT = {"membrane_dice": MembraneDice, "mean_dice": MeanDice, "rand_score": RandScore}
 
 
 class CrossValidationError(RuntimeError):
@@ -48,6 +57,22 @@ def summarize_folds(per_fold: list[dict]) -> dict:
                    "std": float(np.std([m[name] for m in per_fold], ddof=1))} for name in names}
 
 
+def threshold_sweep(model_dir: str, eval_examples: str,
+                    thresholds=THRESHOLDS) -> dict[str, dict[str, float]]:
+    """{threshold: {metric: value}} of a two-class model on the eval examples: the `SWEPT`
+    metrics over all images, as the Evaluator computes them, at each threshold."""
+    predictions = eval_predictions(model_dir, eval_examples)
+    sweep = {}
+    for threshold in thresholds:
+        metrics = {name: cls(threshold=threshold) for name, cls in SWEPT.items()}
+        for example, probabilities in predictions:
+            truth = (example["mask"] > 0).astype(np.float32)[None, ..., None]
+            for metric in metrics.values():
+                metric.update_state(truth, probabilities[None])
+        sweep[f"{threshold:g}"] = {name: float(m.result()) for name, m in metrics.items()}
+    return sweep
+
+
 def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, seed: int,
                    output: str, beam_workers: int = 1) -> dict:
     """Run the pipeline once per fold; return (and write to <output>/cv.json) every fold's ids
@@ -64,7 +89,11 @@ def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, see
             dataset, eval_count=0, eval_ids=tuple(eval_ids)))
         if not summary.succeeded:
             raise CrossValidationError(f"fold {k} of {folds} ({folder}) failed: {summary.error}")
-        results.append({"fold": k, "eval_ids": eval_ids, "metrics": summary.metrics})
+        result = {"fold": k, "eval_ids": eval_ids, "metrics": summary.metrics}
+        if config.num_classes == 2:
+            result["thresholds"] = threshold_sweep(run_model(summary, fold_config.pipeline_root),
+                                                   os.path.join(fold_config.examples_dir, "eval"))
+        results.append(result)
         elapsed = time.monotonic() - started
         log.info("fold %d/%d: %s; %.0f s, ETA %.0f s", k, folds,
                  ", ".join(f"{n} {summary.metrics[n]:.4f}" for n in SHOWN
@@ -72,6 +101,10 @@ def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, see
     record = {"dataset": dataset.name, "folds": folds, "seed": seed,
               "profile_training": dataclasses.asdict(config.training), "per_fold": results,
               "summary": summarize_folds([r["metrics"] for r in results])}
+    if config.num_classes == 2:
+        record["threshold_summary"] = {
+            t: summarize_folds([r["thresholds"][t] for r in results])
+            for t in results[0]["thresholds"]}
     tf.io.gfile.makedirs(output)
     path = os.path.join(output, RESULTS)
     write_atomically(path, json.dumps(record, indent=2) + "\n")
@@ -87,4 +120,10 @@ def format_results(record: dict) -> str:
     lines.append(f"{record['folds']}-fold cross-validation, mean ± std:")
     lines += [f"  {name:<26} {s['mean']:.4f} ± {s['std']:.4f}"
               for name, s in record["summary"].items()]
+    if "threshold_summary" in record:
+        lines.append("the same models with the mask at other p(cell) thresholds, mean ± std:")
+        lines.append(f"  {'threshold':<11}" + "".join(f"{n:>20}" for n in SWEPT))
+        for threshold, summary in record["threshold_summary"].items():
+            lines.append(f"  {threshold:<11}" + "".join(
+                f"{summary[n]['mean']:>11.4f} ± {summary[n]['std']:.4f}" for n in SWEPT))
     return "\n".join(lines)

@@ -64,6 +64,14 @@ def newest_artifact(pipeline_root: str, component: str, output: str) -> str | No
     return max(numbered, key=lambda f: int(os.path.basename(f.rstrip("/"))), default=None)
 
 
+def run_model(summary: RunSummary, pipeline_root: str) -> str | None:
+    """The SavedModel of `summary`'s run: the pushed one, else the Trainer's newest candidate."""
+    if summary.pushed_to:
+        return summary.pushed_to
+    candidate = newest_artifact(pipeline_root, "Trainer", "model")
+    return candidate and os.path.join(candidate, "Format-Serving")
+
+
 def _img(pixels: np.ndarray, alt: str) -> str:
     data = base64.b64encode(encode_png(pixels)).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -107,15 +115,18 @@ def _settings_table(config: PipelineConfig) -> str:
     return f"<table>{rows}</table>"
 
 
-def _image_rows(predictions: list) -> tuple[str, int]:
-    """The eval images' HTML and the model's number of classes."""
+def _image_rows(predictions: list, threshold: float) -> tuple[str, int]:
+    """The eval images' HTML (cell where p(cell) > `threshold`) and the model's number of
+    classes."""
     rows, classes = [], 2
     for example, probabilities in predictions:
         image, truth = example["image"], example["mask"]
-        predicted, classes = binary_mask(probabilities), max(2, probabilities.shape[-1])
+        predicted = binary_mask(probabilities, threshold)
+        classes = max(2, probabilities.shape[-1])
         if classes == 2:
-            scores = (f"membrane Dice {_score(MembraneDice(), truth, probabilities):.3f}, "
-                      f"Rand {_score(RandScore(), truth, probabilities):.3f}")
+            dice = _score(MembraneDice(threshold=threshold), truth, probabilities)
+            rand = _score(RandScore(threshold=threshold), truth, probabilities)
+            scores = f"membrane Dice {dice:.3f}, Rand {rand:.3f}"
         else:
             metric = MeanClassDice(classes)
             metric.update_state(np.eye(classes, dtype=np.float32)[truth][None],
@@ -135,9 +146,7 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> list
     predictions it shows (`eval_predictions`): the pushed model's, else the Trainer's newest
     candidate's."""
     root = config.pipeline_root
-    model_dir = summary.pushed_to
-    if not model_dir and (candidate := newest_artifact(root, "Trainer", "model")):
-        model_dir = os.path.join(candidate, "Format-Serving")
+    model_dir = run_model(summary, root)
     curves = newest_artifact(root, "Trainer", "model_run")
     curves = curves and os.path.join(curves, "training_curves.png")
     started = datetime.datetime.fromtimestamp(summary.started, datetime.timezone.utc)
@@ -160,7 +169,7 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> list
     eval_examples = os.path.join(config.examples_dir, "eval")
     if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
         predictions = eval_predictions(model_dir, eval_examples)
-        rows, classes = _image_rows(predictions)
+        rows, classes = _image_rows(predictions, config.training.mask_threshold)
         legend = (f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
                   f'<span style="background: rgb{FALSE_CELL}"></span> false cell'
                   if classes == 2 else

@@ -13,7 +13,7 @@ in-process from a SavedModel (`LocalSegmentationClient`), with one interface and
 - The signature's outputs are discovered once from the model's metadata (GetModelMetadata): when
   it has `mask_png_bytes` the mask travels as a PNG (kilobytes where the float map of a 512²
   image is 1 MiB) and the float probabilities only when asked for; otherwise the mask is the
-  probabilities above 0.5, computed here.
+  probabilities above 0.5 (the models' default threshold), computed here.
 
 grpc is imported here; TF Serving's protos, which import TensorFlow (~9 s), only when a
 `SegmentationClient` is made, so the REST client runs without TensorFlow.
@@ -41,7 +41,8 @@ IMAGES = "images"  # serving_default's input: encoded PNG/JPEG bytes [batch]
 PROBABILITIES = "probabilities"  # float32 [batch, H, W, 1], p(cell); = trainer.export.PROBABILITIES
 MASK_PNG_BYTES = "mask_png_bytes"  # string [batch]: PNG of the binary mask, 0 membrane / 255 cell
 DEFAULT_SIGNATURE = "serving_default"
-MODEL_THRESHOLD = 0.5  # the mask is p(cell) > 0.5, the labels' convention (pictures.binary_mask)
+# A signature without a mask output: the mask is p(cell) > 0.5, the default models' threshold.
+MODEL_THRESHOLD = 0.5
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 MIB = 1 << 20
 
@@ -277,9 +278,10 @@ class BaseSegmentationClient:
                 names: Sequence[str] | None = None, threshold: float | None = None,
                 on_call: Callable[[Call], None] | None = None) -> list[Segmentation]:
         """One Segmentation per encoded PNG/JPEG image, in order. `probabilities=True` also
-        returns p(cell). `threshold=None` keeps the model's mask (p > 0.5; the server's PNG when
-        the signature has one); a number thresholds the probabilities here. `names` name the
-        images in errors (default "image <i>"); `on_call(call)` runs after each call."""
+        returns p(cell). `threshold=None` keeps the model's mask (the server's PNG when the
+        signature has one, else p > MODEL_THRESHOLD); a number thresholds the probabilities
+        here. `names` name the images in errors (default "image <i>"); `on_call(call)` runs
+        after each call."""
         calls = plan_calls(images, self.limits, names, self.max_batch)
         available = self.outputs()
         server_mask = MASK_PNG_BYTES in available and threshold is None

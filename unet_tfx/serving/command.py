@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output", default="out/predictions", help="folder for the pictures")
     parser.add_argument("--threshold", type=float,
                         help="cell probability above which a pixel is cell (default: the "
-                        "model's mask, p > 0.5)")
+                        "model's own mask, at the threshold it was exported with)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: the model's serving_tta signature, the mean "
                         "over 8 flips and turns of each image (8x the compute)")

@@ -17,13 +17,15 @@ def eval_predictions(saved_model_dir: str, eval_examples: str) -> list[tuple[dic
             for example in read_examples(eval_examples)]
 
 
-def write_eval_predictions(predictions: list[tuple[dict, np.ndarray]], path: str) -> int:
-    """Write the contact sheet of `eval_predictions` to `path` (atomically); return its rows."""
+def write_eval_predictions(predictions: list[tuple[dict, np.ndarray]], path: str,
+                           threshold: float = 0.5) -> int:
+    """Write the contact sheet of `eval_predictions` to `path` (atomically), the masks at
+    p(cell) > `threshold`; return its rows."""
     rows = []
     for example, probabilities in predictions:
         image = example[F.IMAGE]
         classes = max(2, probabilities.shape[-1])
         rows.append([image, visible(example[F.MASK], classes), overlay(image, probabilities),
-                     visible(binary_mask(probabilities), classes)])
+                     visible(binary_mask(probabilities, threshold), classes)])
     save_png(path, contact_sheet(rows))
     return len(rows)

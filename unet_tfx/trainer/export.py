@@ -2,7 +2,8 @@
 
 - `serving_default`: encoded PNG/JPEG bytes [batch] → `probabilities` [batch, H, W, 1] at the
   input's own resolution (padded to a multiple of 2**depth inside, cropped back), and
-  `mask_png_bytes` [batch], each image's mask (p > 0.5: 255 cell, else 0 membrane) as a PNG: the
+  `mask_png_bytes` [batch], each image's mask (p > threshold, by default 0.5: 255 cell, else 0
+  membrane) as a PNG: the
   `_bytes` suffix makes TF Serving's REST API answer it base64-encoded. Requests outside
   `ServingLimits` are refused from the image headers, before anything is decoded, with
   INVALID_ARGUMENT naming the image, its size and the limit (`check_encoded_images`).
@@ -31,16 +32,16 @@ import tf_keras as keras
 
 from unet_tfx import features as F
 from unet_tfx import imaging
-from unet_tfx.config import ServingLimits
+from unet_tfx.config import ServingLimits, TrainingConfig
 from unet_tfx.serving.warmup import write_warmup
 from unet_tfx.trainer import tiling
 
 PROBABILITIES = "probabilities"
 MASK_PNG = "mask_png_bytes"
-THRESHOLD = 0.5  # p(cell) above which a pixel is cell in `mask_png_bytes`
 LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
 TTA_SIGNATURE = "serving_tta"
 DEFAULT_LIMITS = ServingLimits()
+DEFAULT_THRESHOLD = TrainingConfig.mask_threshold
 
 
 def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -176,20 +177,22 @@ def _signature(name: str):
                        autograph=False)
 
 
-def mask_pngs(probabilities: tf.Tensor) -> tf.Tensor:
-    """string [batch]: each map of `probabilities` [batch, H, W, 1] thresholded at THRESHOLD as
+def mask_pngs(probabilities: tf.Tensor, threshold: float) -> tf.Tensor:
+    """string [batch]: each map of `probabilities` [batch, H, W, 1] thresholded at `threshold` as
     an 8-bit greyscale PNG, 255 cell / 0 membrane (the labels' convention); for K classes
     ([batch, H, W, K]) each pixel's most probable class index 0..K-1."""
     if probabilities.shape[-1] == 1:
-        masks = tf.cast(probabilities > THRESHOLD, tf.uint8) * 255
+        masks = tf.cast(probabilities > threshold, tf.uint8) * 255
     else:
         masks = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)[..., None]
     return tf.map_fn(tf.io.encode_png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
 def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                     channels: int, depth: int, limits: ServingLimits = DEFAULT_LIMITS) -> dict:
-    """Concrete functions for the four signatures, with the Transform layer tracked on model."""
+                     channels: int, depth: int, limits: ServingLimits = DEFAULT_LIMITS,
+                     threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Concrete functions for the four signatures, with the Transform layer tracked on model;
+    the masks are p(cell) > `threshold`."""
     multiple = 2**depth
     if limits.tile_size % multiple or limits.tile_overlap % multiple:
         raise ValueError(f"ServingLimits.tile_size ({limits.tile_size}) and tile_overlap "
@@ -243,16 +246,16 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
     @_signature("images")
     def serve_images(images):
         probabilities = segment(images)
-        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities)}
+        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities, threshold)}
 
     @_signature("images")
     def serve_tta(images):
         probabilities = segment(images, predict_dihedral)
-        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities)}
+        return {PROBABILITIES: probabilities, MASK_PNG: mask_pngs(probabilities, threshold)}
 
     @_signature("images")
     def serve_masks(images):
-        return {MASK_PNG: mask_pngs(segment(images))}
+        return {MASK_PNG: mask_pngs(segment(images), threshold)}
 
     def parse_checked(serialized, spec):
         """Parsed examples whose encoded images (and masks) passed the per-image checks."""
@@ -285,17 +288,18 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
 
 def export_serving_model(model, tf_transform_output, directory: str, channels: int, depth: int,
                          limits: ServingLimits | dict = DEFAULT_LIMITS,
-                         warmup_images: list[bytes] = ()):
+                         warmup_images: list[bytes] = (), threshold: float = DEFAULT_THRESHOLD):
     """Save `model` with the serving signatures as a TF Serving-loadable SavedModel, and its
     `limits` as `assets.extra/serving_limits.json` (TF Serving ignores it).
 
     `limits` may be a dict of ServingLimits fields (the Trainer's custom_config carries one);
     fields it leaves out keep their defaults. `warmup_images` (encoded, within `limits`; the
-    Trainer passes eval images) become `assets.extra/tf_serving_warmup_requests`.
+    Trainer passes eval images) become `assets.extra/tf_serving_warmup_requests`. The masks
+    are p(cell) > `threshold`.
     """
     if isinstance(limits, dict):
         limits = ServingLimits(**limits)
-    signatures = build_signatures(model, tf_transform_output, channels, depth, limits)
+    signatures = build_signatures(model, tf_transform_output, channels, depth, limits, threshold)
     model.save(directory, save_format="tf", signatures=signatures, include_optimizer=False)
     path = os.path.join(directory, LIMITS_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))

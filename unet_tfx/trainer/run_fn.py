@@ -96,7 +96,8 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     save_on_chief(lambda directory: export_serving_model(
         model, tf_transform_output, directory, channels, cfg.depth,
         limits=custom_config["serving_limits"],
-        warmup_images=eval_pngs(fn_args.eval_files)),  # TF Serving's warmup
+        warmup_images=eval_pngs(fn_args.eval_files),  # TF Serving's warmup
+        threshold=cfg.mask_threshold),
         fn_args.serving_model_dir, strategy)
     if chief:
         write_training_record(fn_args.serving_model_dir, plan, started_from,
