@@ -56,6 +56,9 @@ def _add_config_arguments(parser) -> None:
                         help="Trainer compute precision (default: auto = mixed_float16 on GPUs of "
                         "compute capability >= 7.0, mixed_bfloat16 on CPUs with native bfloat16, "
                         "else float32)")
+    parser.add_argument("--mask-threshold", type=float, metavar="P",
+                        help="p(cell) above which a pixel is cell in the served masks, the "
+                        "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
     augmentation = parser.add_argument_group(
         "augmentation of training patches (beyond flips and turns; 0 = off, the default)")
     augmentation.add_argument("--rotate-degrees", type=float, metavar="D",
@@ -71,9 +74,6 @@ def _add_config_arguments(parser) -> None:
                               help="contrast factor within 1 ± C")
     augmentation.add_argument("--gamma", type=float, metavar="G",
                               help="gamma curve of exponent within exp(±G)")
-    parser.add_argument("--mask-threshold", type=float, metavar="P",
-                        help="p(cell) above which a pixel is cell in the served masks, the "
-                        "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                               help="no augmentation at all (not even flips and turns)")
     retraining = parser.add_argument_group("retraining")

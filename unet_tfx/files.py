@@ -10,7 +10,7 @@ def write_atomically(path, data: str | bytes) -> None:
     partial = f"{path}.partial"
     mode = "wb" if isinstance(data, bytes) else "w"
     if "://" not in path:
-        with open(partial, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+        with open(partial, mode, encoding=None if mode == "wb" else "utf-8") as f:
             f.write(data)
         os.replace(partial, path)
         return

@@ -6,6 +6,7 @@ import json
 import tensorflow_model_analysis as tfma
 
 from unet_tfx import features as F
+from unet_tfx.config import TrainingConfig
 
 METRICS_MODULE = "unet_tfx.trainer.metrics"
 # TFMA reports a tf_keras metric under its class name in snake case.
@@ -15,7 +16,7 @@ REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy", "Me
 
 
 def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int = 2,
-                threshold: float = 0.5) -> tfma.EvalConfig:
+                threshold: float = TrainingConfig.mask_threshold) -> tfma.EvalConfig:
     """Raw examples in, labels from `transform_features`, predictions from `serving_examples`
     (two classes: a pixel is cell where p(cell) > `threshold`).
 

@@ -24,7 +24,7 @@ from unet_tfx.dataset_spec import DatasetSpec
 from unet_tfx.files import write_atomically
 from unet_tfx.ingest.sources import find_sources, natural_key
 from unet_tfx.pipeline.local_runner import run_local
-from unet_tfx.pipeline.report import run_model
+from unet_tfx.pipeline.report import run_model, score
 from unet_tfx.serving.eval_pictures import eval_predictions
 from unet_tfx.trainer.metrics import MeanDice, MembraneDice, RandScore
 
@@ -61,16 +61,9 @@ def threshold_sweep(model_dir: str, eval_examples: str,
                     thresholds=THRESHOLDS) -> dict[str, dict[str, float]]:
     """{threshold: {metric: value}} of a two-class model on the eval examples: the `SWEPT`
     metrics over all images, as the Evaluator computes them, at each threshold."""
-    predictions = eval_predictions(model_dir, eval_examples)
-    sweep = {}
-    for threshold in thresholds:
-        metrics = {name: cls(threshold=threshold) for name, cls in SWEPT.items()}
-        for example, probabilities in predictions:
-            truth = (example["mask"] > 0).astype(np.float32)[None, ..., None]
-            for metric in metrics.values():
-                metric.update_state(truth, probabilities[None])
-        sweep[f"{threshold:g}"] = {name: float(m.result()) for name, m in metrics.items()}
-    return sweep
+    pairs = [(example["mask"], p) for example, p in eval_predictions(model_dir, eval_examples)]
+    return {f"{threshold:g}": {name: score(cls(threshold=threshold), pairs)
+                               for name, cls in SWEPT.items()} for threshold in thresholds}
 
 
 def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, seed: int,

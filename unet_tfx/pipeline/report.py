@@ -77,9 +77,11 @@ def _img(pixels: np.ndarray, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _score(metric, truth: np.ndarray, probabilities: np.ndarray) -> float:
-    """`metric` of one image: `truth` a [H, W] mask (0 membrane), `probabilities` [H, W, 1]."""
-    metric.update_state((truth > 0).astype(np.float32)[None, ..., None], probabilities[None])
+def score(metric, pairs) -> float:
+    """A two-class `metric` over (truth, probabilities) pairs of whole images: `truth` a [H, W]
+    mask (0 membrane), `probabilities` [H, W, 1]."""
+    for truth, probabilities in pairs:
+        metric.update_state((truth > 0).astype(np.float32)[None, ..., None], probabilities[None])
     return float(metric.result())
 
 
@@ -124,8 +126,8 @@ def _image_rows(predictions: list, threshold: float) -> tuple[str, int]:
         predicted = binary_mask(probabilities, threshold)
         classes = max(2, probabilities.shape[-1])
         if classes == 2:
-            dice = _score(MembraneDice(threshold=threshold), truth, probabilities)
-            rand = _score(RandScore(threshold=threshold), truth, probabilities)
+            dice = score(MembraneDice(threshold=threshold), [(truth, probabilities)])
+            rand = score(RandScore(threshold=threshold), [(truth, probabilities)])
             scores = f"membrane Dice {dice:.3f}, Rand {rand:.3f}"
         else:
             metric = MeanClassDice(classes)

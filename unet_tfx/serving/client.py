@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from unet_tfx.config import ServingLimits
+from unet_tfx.config import ServingLimits, TrainingConfig
 from unet_tfx.imaging import check_encoded_image
 
 log = logging.getLogger("unet_tfx.serving")
@@ -41,8 +41,8 @@ IMAGES = "images"  # serving_default's input: encoded PNG/JPEG bytes [batch]
 PROBABILITIES = "probabilities"  # float32 [batch, H, W, 1], p(cell); = trainer.export.PROBABILITIES
 MASK_PNG_BYTES = "mask_png_bytes"  # string [batch]: PNG of the binary mask, 0 membrane / 255 cell
 DEFAULT_SIGNATURE = "serving_default"
-# A signature without a mask output: the mask is p(cell) > 0.5, the default models' threshold.
-MODEL_THRESHOLD = 0.5
+# A signature without a mask output: the mask is p(cell) > the models' default threshold, 0.5.
+MODEL_THRESHOLD = TrainingConfig.mask_threshold
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 MIB = 1 << 20
 

@@ -4,6 +4,7 @@ and prediction."""
 import numpy as np
 
 from unet_tfx import features as F
+from unet_tfx.config import TrainingConfig
 from unet_tfx.ingest import read_examples
 from unet_tfx.ingest.decode import encode_png
 from unet_tfx.serving.local_model import LocalModel
@@ -18,7 +19,7 @@ def eval_predictions(saved_model_dir: str, eval_examples: str) -> list[tuple[dic
 
 
 def write_eval_predictions(predictions: list[tuple[dict, np.ndarray]], path: str,
-                           threshold: float = 0.5) -> int:
+                           threshold: float = TrainingConfig.mask_threshold) -> int:
     """Write the contact sheet of `eval_predictions` to `path` (atomically), the masks at
     p(cell) > `threshold`; return its rows."""
     rows = []

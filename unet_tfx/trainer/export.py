@@ -3,10 +3,10 @@
 - `serving_default`: encoded PNG/JPEG bytes [batch] → `probabilities` [batch, H, W, 1] at the
   input's own resolution (padded to a multiple of 2**depth inside, cropped back), and
   `mask_png_bytes` [batch], each image's mask (p > threshold, by default 0.5: 255 cell, else 0
-  membrane) as a PNG: the
-  `_bytes` suffix makes TF Serving's REST API answer it base64-encoded. Requests outside
-  `ServingLimits` are refused from the image headers, before anything is decoded, with
-  INVALID_ARGUMENT naming the image, its size and the limit (`check_encoded_images`).
+  membrane) as a PNG: the `_bytes` suffix makes TF Serving's REST API answer it base64-encoded.
+  Requests outside `ServingLimits` are refused from the image headers, before anything is
+  decoded, with INVALID_ARGUMENT naming the image, its size and the limit
+  (`check_encoded_images`).
   Images with a (padded) side above `ServingLimits.tile_size` are segmented in overlapping
   tiles, Gaussian-blended (`unet_tfx.trainer.tiling`), so memory stays bounded.
 - `serving_mask`: the same, answering `mask_png_bytes` alone (a REST answer of kilobytes).
