@@ -114,3 +114,17 @@ def test_augmentation_flags_reach_the_trainers_config():
     assert (cfg.elastic_sigma, cfg.rotate_degrees, cfg.brightness, cfg.gamma, cfg.scale) == (
         10, 15, 0.1, 0.2, 0)
     assert training("--no-augment").augment is False
+
+
+def test_learning_rate_schedule_flag_reaches_the_trainers_config():
+    from unet_tfx.cli import _config, build_parser
+    from unet_tfx.config import TrainingConfig
+
+    def schedule(*flags):
+        return _config(build_parser().parse_args(["cv", *flags])).training.learning_rate_schedule
+
+    assert (schedule(), schedule("--learning-rate-schedule", "constant")) == ("cosine", "constant")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--learning-rate-schedule", "linear"])
+    with pytest.raises(ValueError, match="learning_rate_schedule must be one of cosine, constant"):
+        TrainingConfig(learning_rate_schedule="step")

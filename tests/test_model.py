@@ -135,6 +135,17 @@ def test_ema_is_opt_in_and_keeps_adam_at_the_seed_rate():
     assert float(averaged.optimizer.learning_rate) == pytest.approx(1e-3)
 
 
+def test_cosine_decay_takes_the_rate_from_the_seed_rate_towards_zero():
+    model = compile_unet(build_unet((16, 16, 1), base_filters=2), decay_steps=4)
+    x = np.random.default_rng(0).random((2, 16, 16, 1), "float32")
+    applied = []  # the optimizer's rate reads as the one its last step applied
+    for _ in range(4):
+        model.train_on_batch(x, (x > 0.5).astype("float32"))
+        applied.append(float(model.optimizer.learning_rate))
+    assert applied == pytest.approx([1e-3 * (1 + np.cos(np.pi * step / 4)) / 2
+                                     for step in range(4)], abs=1e-9)
+
+
 def test_iou_on_known_predictions():
     truth = np.array([[1, 1, 0, 0]], "float32")
     pred = np.array([[0.9, 0.2, 0.1, 0.8]], "float32")  # → [1, 0, 0, 1]

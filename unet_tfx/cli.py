@@ -6,7 +6,7 @@ import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from unet_tfx import console
-from unet_tfx.config import PROFILES, TARGETS, load_profile
+from unet_tfx.config import LEARNING_RATE_SCHEDULES, PROFILES, TARGETS, load_profile
 
 
 def _register_run(subparsers) -> None:
@@ -59,6 +59,9 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--mask-threshold", type=float, metavar="P",
                         help="p(cell) above which a pixel is cell in the served masks, the "
                         "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
+    parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
+                        help="Adam's rate from 1e-3: falls to 0 along a half cosine over the "
+                        "training steps, or stays constant (default: cosine)")
     augmentation = parser.add_argument_group(
         "augmentation of training patches (beyond flips and turns; 0 = off, the default)")
     augmentation.add_argument("--rotate-degrees", type=float, metavar="D",
@@ -127,6 +130,7 @@ def _config(args, spec=None):
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
         keep_versions=args.keep_versions, mask_threshold=args.mask_threshold,
+        learning_rate_schedule=args.learning_rate_schedule,
         **{key: getattr(args, key) for key in AUGMENTATION},
     )
 

@@ -52,7 +52,8 @@ def build_unet(
 
 
 def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3,
-                 ema_momentum: float | None = None, jit_compile: bool | str = False):
+                 ema_momentum: float | None = None, jit_compile: bool | str = False,
+                 decay_steps: int | None = None):
     """Compile with Adam and one of `LOSSES`; report Dice, membrane Dice and pixel accuracy.
 
     With `ema_momentum`, fit() ends by replacing the weights with their moving average. A model
@@ -60,6 +61,8 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
     scaling); it steps the inner Adam, so its weight average, only on finite gradients.
     The losses and metrics cast to float32 before they compute. `jit_compile` compiles the
     train and eval steps with XLA: a bool, or one of "auto" (on with a GPU), "on", "off".
+    With `decay_steps`, the learning rate falls from `learning_rate` to 0 along a half cosine
+    over that many steps; without, it stays constant.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {sorted(LOSSES)}")
@@ -72,6 +75,8 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
         loss_fn, metrics = LOSSES[loss], [dice_coef, MembraneDice(name="membrane_dice"),
                                           PixelAccuracy(name="pixel_accuracy")]
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
+    if decay_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **ema)
     if model.dtype_policy.name == "mixed_float16":
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)

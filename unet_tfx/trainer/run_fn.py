@@ -58,15 +58,17 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train_steps = fn_args.train_steps
+    epochs = math.ceil(train_steps / cfg.steps_per_epoch)
 
     with strategy.scope():
         model = build_unet((None, None, channels), cfg.base_filters, cfg.depth,
                            custom_config.get("num_classes", 2))
         started_from = warm_start(model, fn_args, plan)  # before the optimizer exists
         compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
-                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
-    train_steps = fn_args.train_steps
-    epochs = math.ceil(train_steps / cfg.steps_per_epoch)
+                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile,
+                     decay_steps=(epochs * cfg.steps_per_epoch
+                                  if cfg.learning_rate_schedule == "cosine" else None))
     log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d "
              "(%d per replica x %d replicas)", f"{model.count_params():,}", train_steps, epochs,
              cfg.steps_per_epoch, cfg.patch_size, cfg.batch_size * replicas, cfg.batch_size,
