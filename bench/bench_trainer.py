@@ -87,7 +87,7 @@ def bare_fit_rate(transform: dict, cfg) -> float:
     policy, _ = resolve_precision(cfg.precision)
     with global_precision(policy):
         keras.utils.set_random_seed(cfg.seed)
-        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth)
+        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth, batch_norm=cfg.batch_norm)
         compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
                      ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
         timer = benchlib.step_timer()

@@ -128,3 +128,12 @@ def test_learning_rate_schedule_flag_reaches_the_trainers_config():
         build_parser().parse_args(["run", "--learning-rate-schedule", "linear"])
     with pytest.raises(ValueError, match="learning_rate_schedule must be one of cosine, constant"):
         TrainingConfig(learning_rate_schedule="step")
+
+
+def test_batch_norm_flag_reaches_the_trainers_config():
+    from unet_tfx.cli import _config, build_parser
+
+    def batch_norm(*flags):
+        return _config(build_parser().parse_args(["run", *flags])).training.batch_norm
+
+    assert (batch_norm(), batch_norm("--batch-norm")) == (False, True)

@@ -43,6 +43,23 @@ def test_depth_and_base_filters_are_parameters():
     assert small(tf.zeros([1, 32, 32, 1])).shape == (1, 32, 32, 1)
 
 
+def test_batch_norm_normalizes_every_conv_and_predicts_each_image_as_if_alone():
+    classic, normed = (build_unet((32, 32, 1), base_filters=2, depth=2, batch_norm=flag)
+                       for flag in (False, True))
+    convs = [layer for layer in normed.layers if layer.name.endswith(("_conv1", "_conv2"))]
+    batch_norm = tf.keras.layers.BatchNormalization
+    norms = [layer for layer in normed.layers if isinstance(layer, batch_norm)]
+    assert len(norms) == len(convs) == 10 and not any(conv.use_bias for conv in convs)
+    assert not any(isinstance(layer, batch_norm) for layer in classic.layers)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
+    compile_unet(normed).fit(x, (x > 0).astype("float32"), batch_size=2, epochs=2, verbose=0)
+    moving_mean = normed.get_layer("down0_norm1").moving_mean.numpy()
+    assert np.abs(moving_mean).max() > 0  # training moved the statistics inference uses
+    alone, batched = normed(x[:1]).numpy(), normed(x).numpy()[:1]
+    np.testing.assert_allclose(alone, batched, atol=1e-5)  # serving: no batch statistics
+    assert np.abs(normed(x[:1], training=True).numpy() - alone).max() > 1e-3
+
+
 def _masks():
     rng = np.random.default_rng(0)
     a = (rng.random((2, 32, 32, 1)) > 0.5).astype("float32")
@@ -89,12 +106,14 @@ def test_unknown_loss_is_refused_with_the_choices():
         compile_unet(build_unet((32, 32, 1), base_filters=2), loss="bce")
 
 
-def test_a_few_steps_lower_the_loss_on_a_synthetic_problem():
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_a_few_steps_lower_the_loss_on_a_synthetic_problem(batch_norm):
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 32, 32, 1)).astype("float32")
     y = (x > 0.3).astype("float32")  # a pixel-wise rule the net can learn fast
-    model = compile_unet(build_unet((32, 32, 1), base_filters=4), loss="dice2")
+    model = compile_unet(build_unet((32, 32, 1), base_filters=4, batch_norm=batch_norm),
+                         loss="dice2")
     before = model.evaluate(x, y, verbose=0)[0]
     model.fit(x, y, batch_size=4, epochs=40, verbose=0)
     after = model.evaluate(x, y, verbose=0)[0]

@@ -9,24 +9,30 @@ from unet_tfx.trainer.losses import LOSSES, dice_coef, multiclass_dice_loss
 from unet_tfx.trainer.metrics import ClassAccuracy, MeanClassDice, MembraneDice, PixelAccuracy
 
 
-def _double_conv(x, filters: int, name: str):
+def _double_conv(x, filters: int, name: str, batch_norm: bool):
+    """Two 3x3 ReLU convs; with `batch_norm`, each conv (then without bias) is normalized before
+    its ReLU."""
     for i in (1, 2):
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
-            name=f"{name}_conv{i}",
+            filters, 3, padding="same", activation=None if batch_norm else "relu",
+            use_bias=not batch_norm, kernel_initializer="he_normal", name=f"{name}_conv{i}",
         )(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{name}_norm{i}")(x)
+            x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 
 def build_unet(
     input_shape: tuple = (None, None, 1), base_filters: int = 32, depth: int = 4,
-    num_classes: int = 2,
+    num_classes: int = 2, batch_norm: bool = False,
 ) -> keras.Model:
     """Two 3x3 ReLU convs per level, filters doubling from `base_filters` over `depth` poolings.
 
     Down: 2x2 max-pooling. Up: 2x2 stride-2 Conv2DTranspose concatenated with the skip. Output:
     a 1x1 sigmoid map (p of class 1), or for `num_classes` K >= 3 a 1x1 softmax over K
-    channels. Fully convolutional: H and W must be divisible by 2**depth.
+    channels. Fully convolutional: H and W must be divisible by 2**depth. `batch_norm` adds
+    batch normalization after every 3x3 conv (not in the classic U-Net).
 
     Layers compute in the global mixed-precision policy's dtype (see `precision.py`), except the
     output layer: `probabilities` always computes and returns float32.
@@ -34,16 +40,16 @@ def build_unet(
     inputs = keras.Input(shape=input_shape, name="image")
     x, skips = inputs, []
     for level in range(depth):
-        x = _double_conv(x, base_filters * 2**level, f"down{level}")
+        x = _double_conv(x, base_filters * 2**level, f"down{level}", batch_norm)
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-    x = _double_conv(x, base_filters * 2**depth, "bottom")
+    x = _double_conv(x, base_filters * 2**depth, "bottom", batch_norm)
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
                                          name=f"up{level}_transpose")(x)
         x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
-        x = _double_conv(x, filters, f"up{level}")
+        x = _double_conv(x, filters, f"up{level}", batch_norm)
     outputs = keras.layers.Conv2D(
         1 if num_classes == 2 else num_classes, 1,
         activation="sigmoid" if num_classes == 2 else "softmax", dtype="float32",

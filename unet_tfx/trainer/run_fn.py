@@ -63,7 +63,7 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
 
     with strategy.scope():
         model = build_unet((None, None, channels), cfg.base_filters, cfg.depth,
-                           custom_config.get("num_classes", 2))
+                           custom_config.get("num_classes", 2), cfg.batch_norm)
         started_from = warm_start(model, fn_args, plan)  # before the optimizer exists
         compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
                      ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile,
