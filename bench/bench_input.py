@@ -43,7 +43,7 @@ def model_rate(cfg, seconds: float) -> float:
     policy, _ = resolve_precision(cfg.precision)
     with global_precision(policy):
         tf.keras.utils.set_random_seed(cfg.seed)
-        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth)
+        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth, batch_norm=cfg.batch_norm)
         compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
                      ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
         x = tf.random.normal([cfg.batch_size, cfg.patch_size, cfg.patch_size, 1])

@@ -136,4 +136,5 @@ def test_batch_norm_flag_reaches_the_trainers_config():
     def batch_norm(*flags):
         return _config(build_parser().parse_args(["run", *flags])).training.batch_norm
 
-    assert (batch_norm(), batch_norm("--batch-norm")) == (False, True)
+    assert (batch_norm(), batch_norm("--no-batch-norm"), batch_norm("--batch-norm")) == (
+        True, False, True)

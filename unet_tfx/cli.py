@@ -62,9 +62,9 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="Adam's rate from 1e-3: falls to 0 along a half cosine over the "
                         "training steps, or stays constant (default: cosine)")
-    parser.add_argument("--batch-norm", action="store_true", default=None,
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="batch normalization after every 3x3 conv of the U-Net (default: "
-                        "off, the classic U-Net)")
+                        "on; --no-batch-norm: the classic U-Net)")
     augmentation = parser.add_argument_group(
         "augmentation of training patches (beyond flips and turns; 0 = off, the default)")
     augmentation.add_argument("--rotate-degrees", type=float, metavar="D",
