@@ -20,7 +20,7 @@ import tensorflow_transform as tft
 
 from unet_tfx.config import load_profile
 from unet_tfx.trainer.dataset import choose_input_mode, training_dataset
-from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.model import build_from_config, compile_from_config
 from unet_tfx.trainer.precision import global_precision, resolve_precision
 
 TARGET = 3.0
@@ -43,9 +43,7 @@ def model_rate(cfg, seconds: float) -> float:
     policy, _ = resolve_precision(cfg.precision)
     with global_precision(policy):
         tf.keras.utils.set_random_seed(cfg.seed)
-        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth, batch_norm=cfg.batch_norm)
-        compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
-                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
+        model = compile_from_config(build_from_config(cfg), cfg)
         x = tf.random.normal([cfg.batch_size, cfg.patch_size, cfg.patch_size, 1])
         y = tf.cast(tf.random.uniform(x.shape) > 0.22, tf.float32)
         for _ in range(3):

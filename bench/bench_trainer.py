@@ -30,7 +30,7 @@ import tf_keras as keras
 import unet_tfx.trainer.run_fn as run_fn_module
 from unet_tfx.config import ServingLimits, load_profile
 from unet_tfx.trainer.dataset import _augment, image_mask_pairs
-from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.model import build_from_config, compile_from_config
 from unet_tfx.trainer.precision import global_precision, resolve_precision
 from unet_tfx.trainer.progress import ProgressLogger
 
@@ -87,9 +87,7 @@ def bare_fit_rate(transform: dict, cfg) -> float:
     policy, _ = resolve_precision(cfg.precision)
     with global_precision(policy):
         keras.utils.set_random_seed(cfg.seed)
-        model = build_unet((None, None, 1), cfg.base_filters, cfg.depth, batch_norm=cfg.batch_norm)
-        compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
-                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile)
+        model = compile_from_config(build_from_config(cfg), cfg)
         timer = benchlib.step_timer()
         model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0,
                   callbacks=[timer])

@@ -1,11 +1,14 @@
 """The seed U-Net, its losses and metrics, on small configurations."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from skimage.measure import label
 from skimage.metrics import adapted_rand_error
 
+from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.losses import dice_coef, dice_loss, two_class_dice_loss
 from unet_tfx.trainer.metrics import (
     CellDice,
@@ -17,7 +20,7 @@ from unet_tfx.trainer.metrics import (
     RandScore,
     VariationOfInformation,
 )
-from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.model import build_from_config, build_unet, compile_from_config, compile_unet
 
 
 def test_seed_configuration_has_the_seed_parameter_count():
@@ -163,6 +166,24 @@ def test_cosine_decay_takes_the_rate_from_the_seed_rate_towards_zero():
         applied.append(float(model.optimizer.learning_rate))
     assert applied == pytest.approx([1e-3 * (1 + np.cos(np.pi * step / 4)) / 2
                                      for step in range(4)], abs=1e-9)
+
+
+def test_the_config_builds_and_compiles_the_model_the_trainer_trains():
+    cfg = TrainingConfig(base_filters=2, depth=2, loss="dice", learning_rate=2e-3,
+                         ema_momentum=None, jit_compile="off")
+    model = build_from_config(cfg, channels=3, num_classes=2)
+    assert model.input_shape == (None, None, None, 3)
+    assert model.get_layer("bottom_conv2").filters == 8 and model.get_layer("down0_norm1")
+    compile_from_config(model, cfg, steps=10)
+    assert model.loss.__name__ == "dice_loss" and not model.optimizer.use_ema
+    schedule = model.optimizer.get_config()["learning_rate"]
+    assert schedule["class_name"] == "CosineDecay"
+    assert schedule["config"]["decay_steps"] == 10
+    assert schedule["config"]["initial_learning_rate"] == pytest.approx(2e-3)
+    constant = dataclasses.replace(cfg, learning_rate_schedule="constant", batch_norm=False)
+    classic = compile_from_config(build_from_config(constant, num_classes=3), constant, steps=10)
+    assert classic.output_shape == (None, None, None, 3)
+    assert float(classic.optimizer.learning_rate) == pytest.approx(2e-3)
 
 
 def test_iou_on_known_predictions():

@@ -4,6 +4,7 @@ import logging
 
 import tf_keras as keras
 
+from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.distribution import resolve_jit_compile
 from unet_tfx.trainer.losses import LOSSES, dice_coef, multiclass_dice_loss
 from unet_tfx.trainer.metrics import ClassAccuracy, MeanClassDice, MembraneDice, PixelAccuracy
@@ -97,3 +98,17 @@ def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float =
         jit_compile=jit_compile,
     )
     return model
+
+
+def build_from_config(cfg: TrainingConfig, channels: int = 1, num_classes: int = 2) -> keras.Model:
+    """The U-Net `cfg` describes (filters, depth, batch norm), for images of any size."""
+    return build_unet((None, None, channels), cfg.base_filters, cfg.depth, num_classes,
+                      cfg.batch_norm)
+
+
+def compile_from_config(model: keras.Model, cfg: TrainingConfig, steps: int | None = None):
+    """`compile_unet` with `cfg`'s loss, rate, weight average and XLA setting; under the cosine
+    schedule the rate decays over `steps` (constant without)."""
+    return compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
+                        ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile,
+                        decay_steps=steps if cfg.learning_rate_schedule == "cosine" else None)

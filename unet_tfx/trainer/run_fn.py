@@ -15,7 +15,7 @@ from unet_tfx.serving.warmup import eval_pngs
 from unet_tfx.trainer.dataset import eval_dataset, training_dataset
 from unet_tfx.trainer.distribution import choose_strategy, is_chief, save_on_chief
 from unet_tfx.trainer.export import export_serving_model
-from unet_tfx.trainer.model import build_unet, compile_unet
+from unet_tfx.trainer.model import build_from_config, compile_from_config
 from unet_tfx.trainer.plan import keep_served_model, read_plan, warm_start, write_training_record
 from unet_tfx.trainer.precision import global_precision, resolve_precision
 from unet_tfx.trainer.progress import ProgressLogger, plot_history
@@ -62,13 +62,9 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     epochs = math.ceil(train_steps / cfg.steps_per_epoch)
 
     with strategy.scope():
-        model = build_unet((None, None, channels), cfg.base_filters, cfg.depth,
-                           custom_config.get("num_classes", 2), cfg.batch_norm)
+        model = build_from_config(cfg, channels, custom_config.get("num_classes", 2))
         started_from = warm_start(model, fn_args, plan)  # before the optimizer exists
-        compile_unet(model, loss=cfg.loss, learning_rate=cfg.learning_rate,
-                     ema_momentum=cfg.ema_momentum, jit_compile=cfg.jit_compile,
-                     decay_steps=(epochs * cfg.steps_per_epoch
-                                  if cfg.learning_rate_schedule == "cosine" else None))
+        compile_from_config(model, cfg, steps=epochs * cfg.steps_per_epoch)
     log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d "
              "(%d per replica x %d replicas)", f"{model.count_params():,}", train_steps, epochs,
              cfg.steps_per_epoch, cfg.patch_size, cfg.batch_size * replicas, cfg.batch_size,
