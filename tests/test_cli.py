@@ -130,6 +130,23 @@ def test_learning_rate_schedule_flag_reaches_the_trainers_config():
         TrainingConfig(learning_rate_schedule="step")
 
 
+def test_loss_flag_reaches_the_trainers_config():
+    from unet_tfx.cli import _config, build_parser
+    from unet_tfx.config import LOSS_NAMES, TrainingConfig
+    from unet_tfx.trainer.losses import LOSSES
+
+    def loss(*flags):
+        return _config(build_parser().parse_args(["compile", "--image", "i", *flags])).training.loss
+
+    assert (loss(), loss("--loss", "dice2"), loss("--loss", "dice")) == (
+        "dice2_bce", "dice2", "dice")
+    assert sorted(LOSS_NAMES) == sorted(LOSSES)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--loss", "bce"])
+    with pytest.raises(ValueError, match="loss must be one of dice, dice2, dice2_bce; got 'bce'"):
+        TrainingConfig(loss="bce")
+
+
 def test_batch_norm_flag_reaches_the_trainers_config():
     from unet_tfx.cli import _config, build_parser
 

@@ -9,7 +9,12 @@ from skimage.measure import label
 from skimage.metrics import adapted_rand_error
 
 from unet_tfx.config import TrainingConfig
-from unet_tfx.trainer.losses import dice_coef, dice_loss, two_class_dice_loss
+from unet_tfx.trainer.losses import (
+    dice_coef,
+    dice_loss,
+    two_class_dice_bce_loss,
+    two_class_dice_loss,
+)
 from unet_tfx.trainer.metrics import (
     CellDice,
     CellIou,
@@ -92,7 +97,15 @@ def test_two_class_loss_punishes_the_trivial_all_cell_answer():
     assert float(two_class_dice_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("loss", ["dice", "dice2"])
+def test_the_cross_entropy_loss_adds_the_pixels_mean_cross_entropy_to_the_two_class_loss():
+    truth = np.array([[[[1.0], [0.0]]]], "float32")
+    pred = np.array([[[[0.8], [0.2]]]], "float32")  # each pixel: -ln 0.8
+    expected = float(two_class_dice_loss(truth, pred)) - np.log(0.8)
+    assert float(two_class_dice_bce_loss(truth, pred)) == pytest.approx(expected, rel=1e-5)
+    assert float(two_class_dice_bce_loss(truth, truth)) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["dice", "dice2", "dice2_bce"])
 def test_gradients_are_non_zero(loss):
     model = compile_unet(build_unet((32, 32, 1), base_filters=4), loss=loss)
     x = tf.random.normal([2, 32, 32, 1])

@@ -6,7 +6,7 @@ import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from unet_tfx import console
-from unet_tfx.config import LEARNING_RATE_SCHEDULES, PROFILES, TARGETS, load_profile
+from unet_tfx.config import LEARNING_RATE_SCHEDULES, LOSS_NAMES, PROFILES, TARGETS, load_profile
 
 
 def _register_run(subparsers) -> None:
@@ -62,6 +62,10 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="Adam's rate from 1e-3: falls to 0 along a half cosine over the "
                         "training steps, or stays constant (default: cosine)")
+    parser.add_argument("--loss", choices=LOSS_NAMES,
+                        help="two-class training loss: mean cell and membrane Dice loss plus "
+                        "binary cross-entropy, without it, or the seed's cell-only Dice loss "
+                        "(default: dice2_bce)")
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="batch normalization after every 3x3 conv of the U-Net (default: "
                         "on; --no-batch-norm: the classic U-Net)")
@@ -134,6 +138,7 @@ def _config(args, spec=None):
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
         keep_versions=args.keep_versions, mask_threshold=args.mask_threshold,
         learning_rate_schedule=args.learning_rate_schedule, batch_norm=args.batch_norm,
+        loss=args.loss,
         **{key: getattr(args, key) for key in AUGMENTATION},
     )
 

@@ -38,4 +38,12 @@ def multiclass_dice_loss(y_true, y_pred, smooth: float = 1.0):
     return 1.0 - tf.reduce_mean((2.0 * intersection + smooth) / (totals + smooth))
 
 
-LOSSES = {"dice": dice_loss, "dice2": two_class_dice_loss}
+def two_class_dice_bce_loss(y_true, y_pred):
+    """`two_class_dice_loss` plus the pixels' mean binary cross-entropy."""
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    bce = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y_true, y_pred))
+    return two_class_dice_loss(y_true, y_pred) + bce
+
+
+LOSSES = {"dice": dice_loss, "dice2": two_class_dice_loss, "dice2_bce": two_class_dice_bce_loss}
