@@ -10,6 +10,7 @@ from skimage.metrics import adapted_rand_error
 
 from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.losses import (
+    LOSSES,
     dice_coef,
     dice_loss,
     two_class_dice_bce_loss,
@@ -115,6 +116,12 @@ def test_gradients_are_non_zero(loss):
     grads = tape.gradient(value, model.trainable_variables)
     assert all(g is not None for g in grads)
     assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+
+
+def test_compile_unet_defaults_to_the_trainers_loss_and_rate():
+    model = compile_unet(build_unet((32, 32, 1), base_filters=2))
+    assert model.loss is LOSSES[TrainingConfig.loss] is two_class_dice_bce_loss
+    assert float(model.optimizer.learning_rate) == pytest.approx(TrainingConfig.learning_rate)
 
 
 def test_unknown_loss_is_refused_with_the_choices():

@@ -58,7 +58,8 @@ def build_unet(
     return keras.Model(inputs, outputs, name="unet")
 
 
-def compile_unet(model: keras.Model, loss: str = "dice2", learning_rate: float = 1e-3,
+def compile_unet(model: keras.Model, loss: str = TrainingConfig.loss,
+                 learning_rate: float = TrainingConfig.learning_rate,
                  ema_momentum: float | None = None, jit_compile: bool | str = False,
                  decay_steps: int | None = None):
     """Compile with Adam and one of `LOSSES`; report Dice, membrane Dice and pixel accuracy.
