@@ -278,7 +278,7 @@ def test_three_class_masks_train_evaluate_and_serve_class_indices(tmp_path, caps
     assert code == 0, out
     reported = set(re.findall(r"^(\w+): [0-9.]+$", out, re.M))
     assert {"mean_class_dice", "pixel_accuracy", "class_0_dice", "class_1_dice",
-            "class_2_dice"} <= reported, out
+            "class_2_dice", "class_0_iou", "class_1_iou", "class_2_iou"} <= reported, out
     model = tf.saved_model.load(latest_version(str(tmp_path / "serving" / "unet_three")))
     png = (folder / "image" / "0.png").read_bytes()
     answer = model.signatures["serving_default"](images=tf.constant([png]))

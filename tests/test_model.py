@@ -276,7 +276,7 @@ def test_rand_score_of_a_prediction_without_cells_is_zero_and_images_without_cel
 
 def test_k_class_model_loss_and_metrics():
     from unet_tfx.trainer.losses import multiclass_dice_loss
-    from unet_tfx.trainer.metrics import ClassAccuracy, ClassDice, MeanClassDice
+    from unet_tfx.trainer.metrics import ClassAccuracy, ClassDice, ClassIou, MeanClassDice
 
     model = build_unet((32, 32, 1), base_filters=4, num_classes=3)
     probabilities = model(np.random.default_rng(0).normal(size=(1, 32, 32, 1)))
@@ -290,10 +290,12 @@ def test_k_class_model_loss_and_metrics():
         float(two_class_dice_loss(truth, p)))
     labels = np.eye(3, dtype=np.float32)[[[0, 1, 2, 2]]]  # [1, 4, 3]
     predicted = np.eye(3, dtype=np.float32)[[[0, 1, 1, 2]]]
-    dice = [ClassDice(k) for k in range(3)]
+    dice, iou = [ClassDice(k) for k in range(3)], [ClassIou(k) for k in range(3)]
     mean, accuracy = MeanClassDice(3), ClassAccuracy()
-    for metric in (*dice, mean, accuracy):
+    for metric in (*dice, *iou, mean, accuracy):
         metric.update_state(labels, predicted)
     assert [float(d.result()) for d in dice] == pytest.approx([1.0, 2 / 3, 2 / 3])
+    assert [float(m.result()) for m in iou] == pytest.approx([1.0, 1 / 2, 1 / 2])
+    assert [m.name for m in iou] == ["class_0_iou", "class_1_iou", "class_2_iou"]
     assert float(mean.result()) == pytest.approx((1 + 4 / 3) / 3)
     assert float(accuracy.result()) == pytest.approx(0.75)

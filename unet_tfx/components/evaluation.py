@@ -20,6 +20,7 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
     """Raw examples in, labels from `transform_features`, predictions from `serving_examples`
     (two classes: a pixel is cell where p(cell) > `threshold`).
 
+    K >= 3 classes: the mean class Dice, pixel accuracy, and each class's Dice and IoU.
     The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) exceeds
     `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
     first run has no baseline).
@@ -46,9 +47,9 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
                               config=json.dumps({"num_classes": num_classes})),
             tfma.MetricConfig(class_name="ClassAccuracy", module=METRICS_MODULE,
                               config=json.dumps({"name": "pixel_accuracy"})),
-            *[tfma.MetricConfig(class_name="ClassDice", module=METRICS_MODULE,
-                                config=json.dumps({"index": k, "name": f"class_{k}_dice"}))
-              for k in range(num_classes)],
+            *[tfma.MetricConfig(class_name=f"Class{kind.capitalize()}", module=METRICS_MODULE,
+                                config=json.dumps({"index": k, "name": f"class_{k}_{kind}"}))
+              for kind in ("dice", "iou") for k in range(num_classes)],
         ]
     return tfma.EvalConfig(
         model_specs=[

@@ -207,6 +207,17 @@ class ClassDice(_SumsMetric):
         return {**super().get_config(), "index": self.index}
 
 
+class ClassIou(ClassDice):
+    """K classes: hard intersection over union of class `index`, the prediction being each
+    pixel's argmax."""
+
+    def __init__(self, index: int = 0, name=None, **kwargs):
+        super().__init__(index, name=name or f"class_{index}_iou", **kwargs)
+
+    def result(self):
+        return _ratio(self.intersection, self.total - self.intersection)
+
+
 class MeanClassDice(keras.metrics.Metric):
     """K classes: the mean over classes of their hard (argmax) Dice."""
 
