@@ -147,6 +147,33 @@ def test_loss_flag_reaches_the_trainers_config():
         TrainingConfig(loss="bce")
 
 
+def test_size_and_rate_flags_reach_the_trainers_config(tmp_path, capsys):
+    from unet_tfx.cli import _config, build_parser, main
+
+    def training(*flags):
+        return _config(build_parser().parse_args(["cv", *flags])).training
+
+    default = training()
+    assert (default.batch_size, default.patch_size, default.learning_rate) == (2, 256, 1e-3)
+    given = training("--batch-size", "8", "--patch-size", "128", "--learning-rate", "3e-4")
+    assert (given.batch_size, given.patch_size, given.learning_rate) == (8, 128, 3e-4)
+    full = training("--profile", "full", "--patch-size", "512")
+    assert (full.batch_size, full.patch_size) == (16, 512)
+    for flags, message in ((("--patch-size", "100"), "patch_size must be a positive multiple "
+                            "of 2\\*\\*depth = 16; got 100"),
+                           (("--batch-size", "0"), "batch_size must be an integer >= 1; got 0"),
+                           (("--learning-rate", "-1"), "learning_rate must be > 0; got -1.0")):
+        with pytest.raises(ValueError, match=message):
+            training(*flags)
+    root = tmp_path / "tfx"
+    assert main(["run", "--patch-size", "100", "--pipeline-root", str(root),
+                 "--examples-dir", str(tmp_path / "examples")]) == 2  # a message, no traceback
+    assert capsys.readouterr().err.strip() == (
+        "unet-tfx run: TrainingConfig.patch_size must be a positive multiple of 2**depth = 16; "
+        "got 100")
+    assert not root.exists() and not (tmp_path / "examples").exists()
+
+
 def test_batch_norm_flag_reaches_the_trainers_config():
     from unet_tfx.cli import _config, build_parser
 

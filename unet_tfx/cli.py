@@ -6,7 +6,14 @@ import sys
 
 import unet_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from unet_tfx import console
-from unet_tfx.config import LEARNING_RATE_SCHEDULES, LOSS_NAMES, PROFILES, TARGETS, load_profile
+from unet_tfx.config import (
+    LEARNING_RATE_SCHEDULES,
+    LOSS_NAMES,
+    PROFILES,
+    TARGETS,
+    ConfigError,
+    load_profile,
+)
 
 
 def _register_run(subparsers) -> None:
@@ -49,6 +56,12 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--pipeline-root", help="TFX artifacts and MLMD (default: out/tfx)")
     parser.add_argument("--serving-dir", help="TF Serving model base (default: out/serving)")
     parser.add_argument("--train-steps", type=int, help="override the profile's training steps")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="training patches per step "
+                        "and replica (default: the profile's: quick 2, full 16)")
+    parser.add_argument("--patch-size", type=int, metavar="PX", help="side of the square "
+                        "training patches, a multiple of 16 (default: 256)")
+    parser.add_argument("--learning-rate", type=float, metavar="LR",
+                        help="Adam's (initial) rate (default: 1e-3)")
     parser.add_argument("--min-membrane-dice", type=float,
                         help="override the profile's blessing threshold")
     parser.add_argument("--precision",
@@ -133,6 +146,7 @@ def _config(args, spec=None):
         examples_dir=args.examples_dir or paths.get("examples_dir"),
         pipeline_root=args.pipeline_root or paths.get("pipeline_root"),
         serving_dir=args.serving_dir or paths.get("serving_dir"), train_steps=args.train_steps,
+        batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
         min_membrane_dice=args.min_membrane_dice, beam_args=tuple(getattr(args, "beam_args", ())),
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
@@ -369,7 +383,7 @@ def main(argv=None) -> int:
     console.setup(args.verbose)
     try:
         return args.func(args)
-    except (DatasetError, IngestError) as error:  # a dataset file or folder the user gave
+    except (ConfigError, DatasetError, IngestError) as error:  # a setting or data the user gave
         print(f"unet-tfx {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,10 @@ LOSS_NAMES = ("dice", "dice2", "dice2_bce")
 TARGETS = ("kubeflow", "vertex")
 
 
+class ConfigError(ValueError):
+    """A setting out of its range (a flag's or a config file's); the message names the field."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """What the Trainer's run_fn needs; travels to it as the component's custom_config."""
@@ -29,8 +33,8 @@ class TrainingConfig:
     # Per replica: each step trains on batch_size x strategy.num_replicas_in_sync patches (all
     # GPUs of all workers; 1 replica on CPU).
     batch_size: int = 2
-    # quick: 1,500 steps fill make run's 15 minutes on 2 cores with native bfloat16 (measured:
-    # 14 min 53 s, Trainer 840 s, membrane Dice 0.81, Rand 0.84); ~25 minutes in float32.
+    # quick: 1,500 steps keep make run within 15 minutes on 2 cores with native bfloat16
+    # (measured: 10 min 13 s, Trainer 550 s, membrane Dice 0.818, Rand 0.867); ~25 min in float32.
     train_steps: int = 1500
     # Each epoch ends with a pass over the eval images (the curves' validation points): on 2 cores
     # that pass costs ~2.5 s, so 10 epochs of 150 rather than 30 of 50.
@@ -89,24 +93,36 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainingConfig.precision must be one of {', '.join(PRECISIONS)}; "
+            raise ConfigError(f"TrainingConfig.precision must be one of {', '.join(PRECISIONS)}; "
                              f"got {self.precision!r}")
         if self.jit_compile not in JIT_COMPILE_MODES:
-            raise ValueError(f"TrainingConfig.jit_compile must be one of "
+            raise ConfigError(f"TrainingConfig.jit_compile must be one of "
                              f"{', '.join(JIT_COMPILE_MODES)}; got {self.jit_compile!r}")
         if self.loss not in LOSS_NAMES:
-            raise ValueError(f"TrainingConfig.loss must be one of {', '.join(LOSS_NAMES)}; "
+            raise ConfigError(f"TrainingConfig.loss must be one of {', '.join(LOSS_NAMES)}; "
                              f"got {self.loss!r}")
+        for name in ("batch_size", "train_steps", "steps_per_epoch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"TrainingConfig.{name} must be an integer >= 1; got {value!r}")
+        multiple = 2**self.depth
+        if (isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int)
+                or self.patch_size < multiple or self.patch_size % multiple):
+            raise ConfigError(f"TrainingConfig.patch_size must be a positive multiple of "
+                             f"2**depth = {multiple}; got {self.patch_size!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"TrainingConfig.learning_rate must be > 0; got "
+                             f"{self.learning_rate!r}")
         if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
-            raise ValueError(f"TrainingConfig.learning_rate_schedule must be one of "
+            raise ConfigError(f"TrainingConfig.learning_rate_schedule must be one of "
                              f"{', '.join(LEARNING_RATE_SCHEDULES)}; "
                              f"got {self.learning_rate_schedule!r}")
         if not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"TrainingConfig.mask_threshold must be between 0 and 1 (exclusive); "
+            raise ConfigError(f"TrainingConfig.mask_threshold must be between 0 and 1 (exclusive); "
                              f"got {self.mask_threshold!r}")
         if isinstance(self.backup_every_steps, bool) or not isinstance(
                 self.backup_every_steps, int) or self.backup_every_steps < 0:
-            raise ValueError("TrainingConfig.backup_every_steps must be an integer >= 0 (0: per "
+            raise ConfigError("TrainingConfig.backup_every_steps must be an integer >= 0 (0: per "
                              f"epoch); got {self.backup_every_steps!r}")
 
 
@@ -149,10 +165,10 @@ class ServingLimits:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServingLimits.{field.name} must be a positive integer; "
+                raise ConfigError(f"ServingLimits.{field.name} must be a positive integer; "
                                  f"got {value!r}")
         if self.tile_overlap >= self.tile_size:
-            raise ValueError(f"ServingLimits.tile_overlap ({self.tile_overlap}) must be below "
+            raise ConfigError(f"ServingLimits.tile_overlap ({self.tile_overlap}) must be below "
                              f"tile_size ({self.tile_size})")
 
 
