@@ -154,9 +154,9 @@ def test_size_and_rate_flags_reach_the_trainers_config(tmp_path, capsys):
         return _config(build_parser().parse_args(["cv", *flags])).training
 
     default = training()
-    assert (default.batch_size, default.patch_size, default.learning_rate) == (2, 256, 1e-3)
-    given = training("--batch-size", "8", "--patch-size", "128", "--learning-rate", "3e-4")
-    assert (given.batch_size, given.patch_size, given.learning_rate) == (8, 128, 3e-4)
+    assert (default.batch_size, default.patch_size, default.learning_rate) == (8, 128, 1e-3)
+    given = training("--batch-size", "2", "--patch-size", "256", "--learning-rate", "3e-4")
+    assert (given.batch_size, given.patch_size, given.learning_rate) == (2, 256, 3e-4)
     full = training("--profile", "full", "--patch-size", "512")
     assert (full.batch_size, full.patch_size) == (16, 512)
     for flags, message in ((("--patch-size", "100"), "patch_size must be a positive multiple "

@@ -29,10 +29,13 @@ class TrainingConfig:
 
     base_filters: int = 32
     depth: int = 4
-    patch_size: int = 256
+    # 8 x 128² patches a step: the pixels of 2 x 256² from four times as many places. 5-fold CV of
+    # the quick profile, 2 x 256² -> 8 x 128²: mean Dice 0.878 -> 0.882, Rand 0.840 -> 0.854,
+    # membrane Dice 0.8122 -> 0.8170 (better on 4 of 5 folds), std halved; ~17% slower per pixel.
+    patch_size: int = 128
     # Per replica: each step trains on batch_size x strategy.num_replicas_in_sync patches (all
     # GPUs of all workers; 1 replica on CPU).
-    batch_size: int = 2
+    batch_size: int = 8
     # quick: 1,500 steps keep make run within 15 minutes on 2 cores with native bfloat16
     # (measured: 10 min 13 s, Trainer 550 s, membrane Dice 0.818, Rand 0.867); ~25 min in float32.
     train_steps: int = 1500
@@ -240,12 +243,11 @@ PROFILES = {
         base_filters=4, patch_size=64, batch_size=2, train_steps=6, steps_per_epoch=3,
         backup_every_steps=3, augment=False, ema_momentum=None, min_membrane_dice=0.0,
     ),
-    # The seed model on CPU, sized for under 20 minutes on 2 cores. Batch 2 makes twice the
-    # optimizer steps of batch 4 in the same time, and learns the membrane faster here.
+    # The seed model on CPU, sized for under 15 minutes on 2 cores.
     "quick": PipelineConfig(),
     # The seed model on GPU workers.
     "full": PipelineConfig().replace(
-        batch_size=16, train_steps=5000, steps_per_epoch=250, eval_batch_size=6,
+        patch_size=256, batch_size=16, train_steps=5000, steps_per_epoch=250, eval_batch_size=6,
         backup_every_steps=250,  # ~125 MB to gs:// per backup: once per epoch of fast GPU steps
         min_membrane_dice=0.80, trainer_cpus=8, trainer_memory_gb=32, trainer_gpus=1,
         beam_cpus=4, beam_memory_gb=16,
