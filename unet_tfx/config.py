@@ -31,7 +31,7 @@ class TrainingConfig:
     depth: int = 4
     # 8 x 128² patches a step: the pixels of 2 x 256² from four times as many places. 5-fold CV of
     # the quick profile, 2 x 256² -> 8 x 128²: mean Dice 0.878 -> 0.882, Rand 0.840 -> 0.854,
-    # membrane Dice 0.8122 -> 0.8170 (better on 4 of 5 folds), std halved; ~17% slower per pixel.
+    # membrane Dice 0.8122 -> 0.8170 (better on 4 of 5 folds), std halved; same speed per pixel.
     patch_size: int = 128
     # Per replica: each step trains on batch_size x strategy.num_replicas_in_sync patches (all
     # GPUs of all workers; 1 replica on CPU).
