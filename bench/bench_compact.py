@@ -8,7 +8,7 @@ statistics instead (the pipeline now takes the second):
   Trainer reads the ingested PNG examples, decoding them in tf.data as the Transform graph does.
 On the same synthetic pairs (bench/synth.py) this measures, per example: GZIP bytes on disk,
 the time to serialize and compress it (Transform's write side), memory when cached, and the
-streamed training input's patches/s (quick profile: 256² patches, batch 2, augmentation on),
+streamed training input's patches/s (the quick profile's patches and batch, augmentation on),
 each format read from one file of N examples.
 Usage: python bench/bench_compact.py [--count 1000] [--distinct 32] [--seconds 15]
 """

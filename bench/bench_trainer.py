@@ -1,6 +1,6 @@
 """Benchmark 3, Trainer overhead: `run_fn`'s training img/s ÷ bare Keras `fit` on in-memory
-tensors, same model (the seed U-Net, as the `quick` profile compiles it: Dice loss, Adam, EMA),
-same batch (2) and patch size (256²), same run.
+tensors, same model (the seed U-Net, as the `quick` profile compiles it: its loss, Adam, EMA),
+same batch and patch size (the quick profile's), same run.
 
 `run_fn` runs as TFX calls it, on the Transform output of the bundled data (bench_pipeline.py's
 run, else a fresh test-profile run): its input (tf.data from the transformed shards),
@@ -132,7 +132,7 @@ def main() -> None:
     plt = benchlib.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(list(rates), list(rates.values()), color=["grey", "tab:blue", "tab:orange"])
-    ax.set_ylabel("training img/s (256², batch 2)")
+    ax.set_ylabel(f"training img/s ({cfg.patch_size}², batch {cfg.batch_size})")
     ax.set_title(f"run_fn / bare fit: cached {ratios['run_fn_cached']:.2f}x, streamed "
                  f"{ratios['run_fn_streamed']:.2f}x (target >= {TARGET:g})")
     benchlib.save_chart("bench_trainer", fig)
