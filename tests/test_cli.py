@@ -19,6 +19,19 @@ def test_help_lists_every_subcommand_without_loading_tensorflow():
     assert out.endswith("tensorflow loaded: False\n")
 
 
+def test_help_gives_the_profiles_own_defaults(capsys):
+    from unet_tfx.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    quick, full = PROFILES["quick"].training, PROFILES["full"].training
+    assert f"(default: the profile's: quick {quick.batch_size}, full {full.batch_size})" in out
+    assert f"(default: quick {quick.patch_size}, full {full.patch_size})" in out
+    assert f"(initial) rate (default: {quick.learning_rate:g})" in out
+    assert f"cell-only Dice loss (default: {quick.loss})" in out
+
+
 def test_profiles_scale_the_same_model():
     assert PROFILES["quick"].training.base_filters == 32  # the seed model
     assert PROFILES["test"].training.base_filters < 32

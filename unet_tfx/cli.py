@@ -43,6 +43,17 @@ def _add_pairs_arguments(parser) -> None:
                        help="examples held out for evaluation (default with --images: 0)")
 
 
+def _per_profile(field: str) -> str:
+    """A TrainingConfig field's value in each profile but `test`, e.g. "quick 8, full 16"."""
+    values = {name: getattr(profile.training, field) for name, profile in PROFILES.items()
+              if name != "test"}
+    shown = {name: f"{value:g}" if isinstance(value, float) else str(value)
+             for name, value in values.items()}
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return ", ".join(f"{name} {value}" for name, value in shown.items())
+
+
 def _add_config_arguments(parser) -> None:
     parser.add_argument("--dataset", metavar="FILE", help="a dataset file (YAML: name, images, "
                         "masks, image_height, image_width, channels, eval_count, profile; see "
@@ -57,11 +68,12 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--serving-dir", help="TF Serving model base (default: out/serving)")
     parser.add_argument("--train-steps", type=int, help="override the profile's training steps")
     parser.add_argument("--batch-size", type=int, metavar="N", help="training patches per step "
-                        "and replica (default: the profile's: quick 2, full 16)")
+                        f"and replica (default: the profile's: {_per_profile('batch_size')})")
     parser.add_argument("--patch-size", type=int, metavar="PX", help="side of the square "
-                        "training patches, a multiple of 16 (default: 256)")
+                        "training patches, a multiple of 16 (default: "
+                        f"{_per_profile('patch_size')})")
     parser.add_argument("--learning-rate", type=float, metavar="LR",
-                        help="Adam's (initial) rate (default: 1e-3)")
+                        help=f"Adam's (initial) rate (default: {_per_profile('learning_rate')})")
     parser.add_argument("--min-membrane-dice", type=float,
                         help="override the profile's blessing threshold")
     parser.add_argument("--precision",
@@ -73,12 +85,13 @@ def _add_config_arguments(parser) -> None:
                         help="p(cell) above which a pixel is cell in the served masks, the "
                         "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
-                        help="Adam's rate from 1e-3: falls to 0 along a half cosine over the "
-                        "training steps, or stays constant (default: cosine)")
+                        help="Adam's rate from --learning-rate: falls to 0 along a half cosine "
+                        "over the training steps, or stays constant (default: "
+                        f"{_per_profile('learning_rate_schedule')})")
     parser.add_argument("--loss", choices=LOSS_NAMES,
                         help="two-class training loss: mean cell and membrane Dice loss plus "
                         "binary cross-entropy, without it, or the seed's cell-only Dice loss "
-                        "(default: dice2_bce)")
+                        f"(default: {_per_profile('loss')})")
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="batch normalization after every 3x3 conv of the U-Net (default: "
                         "on; --no-batch-norm: the classic U-Net)")
