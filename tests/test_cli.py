@@ -30,6 +30,7 @@ def test_help_gives_the_profiles_own_defaults(capsys):
     assert f"(default: quick {quick.patch_size}, full {full.patch_size})" in out
     assert f"(initial) rate (default: {quick.learning_rate:g})" in out
     assert f"cell-only Dice loss (default: {quick.loss})" in out
+    assert f"the report (default: {quick.mask_threshold:g}; `cv` scores others)" in out
 
 
 def test_profiles_scale_the_same_model():

@@ -83,7 +83,8 @@ def _add_config_arguments(parser) -> None:
                         "else float32)")
     parser.add_argument("--mask-threshold", type=float, metavar="P",
                         help="p(cell) above which a pixel is cell in the served masks, the "
-                        "Evaluator's metrics and the report (default: 0.5; `cv` scores others)")
+                        "Evaluator's metrics and the report (default: "
+                        f"{_per_profile('mask_threshold')}; `cv` scores others)")
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="Adam's rate from --learning-rate: falls to 0 along a half cosine "
                         "over the training steps, or stays constant (default: "
