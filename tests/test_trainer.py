@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.augment import random_intensity
-from unet_tfx.trainer.dataset import _augment
+from unet_tfx.trainer.dataset import _augment, _random_crop
 from unet_tfx.trainer.run_fn import backup_dir
 
 
@@ -34,6 +34,17 @@ def test_patches_cut_image_and_mask_together():
         patch, patch_mask = _augment(image, mask, cfg, tf.constant([seed, 7], tf.int64))
         assert patch.shape == (16, 16, 1) and patch_mask.shape == (16, 16, 1)
         np.testing.assert_array_equal(patch, patch_mask)
+
+
+def test_crops_are_the_windows_stateless_random_crop_takes_from_image_and_mask_together():
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.random((48, 40, 3)), tf.float32)
+    mask = tf.constant(rng.random((48, 40, 2)) > 0.5, tf.float32)
+    for seed in range(6):
+        seed = tf.constant([seed, 11], tf.int64)
+        patch, patch_mask = _random_crop(image, mask, 16, seed)
+        both = tf.image.stateless_random_crop(tf.concat([image, mask], -1), [16, 16, 5], seed)
+        np.testing.assert_array_equal(tf.concat([patch, patch_mask], -1), both)
 
 
 def _blobs(size: int = 64) -> tf.Tensor:
