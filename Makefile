@@ -27,7 +27,7 @@ run: venv
 	$(VENV)/bin/unet-tfx run
 
 test: venv browser
-	$(VENV)/bin/pytest -q --durations=25
+	$(VENV)/bin/pytest -q --durations=25 -n 2 --dist loadfile
 
 # Headless Chromium renders the HTML report in the tests: Debian's package (as root, or sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
