@@ -95,7 +95,7 @@ def _add_config_arguments(parser) -> None:
                         f"(default: {_per_profile('loss')})")
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="batch normalization after every 3x3 conv of the U-Net (default: "
-                        "on; --no-batch-norm: the classic U-Net)")
+                        f"{_per_profile('batch_norm')}; --no-batch-norm: the classic U-Net)")
     augmentation = parser.add_argument_group(
         "augmentation of training patches (beyond flips and turns; 0 = off, the default)")
     augmentation.add_argument("--rotate-degrees", type=float, metavar="D",

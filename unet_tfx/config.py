@@ -36,9 +36,9 @@ class TrainingConfig:
     # Per replica: each step trains on batch_size x strategy.num_replicas_in_sync patches (all
     # GPUs of all workers; 1 replica on CPU).
     batch_size: int = 8
-    # quick: 1,500 steps keep make run within 15 minutes on 2 cores with native bfloat16 (measured:
-    # 10 min 13 s at 6.1 256²-images/s; 17 min 31 s on a CPU 1.9x slower, membrane Dice 0.8195,
-    # Rand 0.873); ~25 min in float32.
+    # quick: 1,500 steps, make run in 10 min 13 s on a 2-core EPYC with native bfloat16 (6.1
+    # 256²-images/s), 17-18 min on one 1.9x slower (membrane Dice 0.8195, Rand 0.873); ~25 min
+    # in float32.
     train_steps: int = 1500
     # Each epoch ends with a pass over the eval images (the curves' validation points): on 2 cores
     # that pass costs ~2.5 s, so 10 epochs of 150 rather than 30 of 50.
