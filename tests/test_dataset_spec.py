@@ -278,7 +278,11 @@ def test_three_class_masks_train_evaluate_and_serve_class_indices(tmp_path, caps
     assert code == 0, out
     reported = set(re.findall(r"^(\w+): [0-9.]+$", out, re.M))
     assert {"mean_class_dice", "pixel_accuracy", "class_0_dice", "class_1_dice",
-            "class_2_dice", "class_0_iou", "class_1_iou", "class_2_iou"} <= reported, out
+            "class_2_dice", "class_0_iou", "class_1_iou", "class_2_iou", "rand_score",
+            "variation_of_information"} <= reported, out
+    # The regions of classes 1 and 2 (ellipses of two grey levels on class 0) in the Evaluator.
+    rand = float(re.search(r"^rand_score: ([0-9.]+)", out, re.M).group(1))
+    assert 0.0 <= rand <= 1.0
     model = tf.saved_model.load(latest_version(str(tmp_path / "serving" / "unet_three")))
     png = (folder / "image" / "0.png").read_bytes()
     answer = model.signatures["serving_default"](images=tf.constant([png]))

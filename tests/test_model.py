@@ -25,6 +25,7 @@ from unet_tfx.trainer.metrics import (
     PixelAccuracy,
     RandScore,
     VariationOfInformation,
+    class_regions,
 )
 from unet_tfx.trainer.model import build_from_config, build_unet, compile_from_config, compile_unet
 
@@ -272,6 +273,35 @@ def test_rand_score_of_a_prediction_without_cells_is_zero_and_images_without_cel
     metric.update_state(np.zeros_like(truth), truth)  # no cells in the labels: no score
     metric.update_state(truth, truth)
     assert float(metric.result()) == pytest.approx(0.5)  # mean of 0 and 1
+
+
+def test_k_class_regions_are_each_class_components_and_a_merge_costs_rand_and_vi():
+    classes = np.zeros((8, 12), np.int64)  # class 0 is the boundary
+    classes[1:7, 1:5] = 1
+    classes[1:7, 6:9] = 1  # a second class-1 region, across a boundary column
+    classes[1:7, 9:11] = 2  # touches the second one: another class, another region
+    regions = class_regions(classes)
+    assert len(np.unique(regions[classes > 0])) == 3 and (regions[classes == 0] == 0).all()
+    merged = classes.copy()
+    merged[3, 5] = 1  # a gap in the boundary joins the two class-1 regions
+    one_hot = np.eye(3, dtype=np.float32)
+    truth, pred = one_hot[classes][None], one_hot[merged][None]  # [1, H, W, 3]
+    rand, vi = RandScore(num_classes=3), VariationOfInformation(num_classes=3)
+    rand.update_state(truth, truth)
+    vi.update_state(truth, truth)
+    assert (float(rand.result()), float(vi.result())) == pytest.approx((1.0, 0.0), abs=1e-6)
+    rand.reset_state()
+    rand.update_state(truth, pred)
+    expected = 1 - adapted_rand_error(class_regions(classes), class_regions(merged))[0]
+    assert float(rand.result()) == pytest.approx(expected, abs=1e-6) and expected < 0.9
+    # Two-class masks given as one-hot class indices score as the thresholded sigmoid does.
+    cells = _cells_with_a_membrane(gap=True)
+    two = RandScore(num_classes=3)
+    two.update_state(one_hot[_cells_with_a_membrane(False)[..., 0].astype(int)],
+                     one_hot[cells[..., 0].astype(int)])
+    sigmoid = RandScore()
+    sigmoid.update_state(_cells_with_a_membrane(False), cells)
+    assert float(two.result()) == pytest.approx(float(sigmoid.result()))
 
 
 def test_k_class_model_loss_and_metrics():

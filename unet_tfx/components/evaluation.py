@@ -20,7 +20,8 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
     """Raw examples in, labels from `transform_features`, predictions from `serving_examples`
     (two classes: a pixel is cell where p(cell) > `threshold`).
 
-    K >= 3 classes: the mean class Dice, pixel accuracy, and each class's Dice and IoU.
+    K >= 3 classes: the mean class Dice, pixel accuracy, each class's Dice and IoU, and the Rand
+    score and variation of information of the regions of every class but 0.
     The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) exceeds
     `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
     first run has no baseline).
@@ -50,6 +51,9 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
             *[tfma.MetricConfig(class_name=f"Class{kind.capitalize()}", module=METRICS_MODULE,
                                 config=json.dumps({"index": k, "name": f"class_{k}_{kind}"}))
               for kind in ("dice", "iou") for k in range(num_classes)],
+            *[tfma.MetricConfig(class_name=name, module=METRICS_MODULE,
+                                config=json.dumps({"num_classes": num_classes}))
+              for name in ("RandScore", "VariationOfInformation")],
         ]
     return tfma.EvalConfig(
         model_specs=[

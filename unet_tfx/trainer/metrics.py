@@ -2,8 +2,9 @@
 
 The pixel metrics (Dice, IoU, accuracy) flatten y_true/y_pred and binarize predictions at
 `threshold`, so they report hard values over all pixels seen (not a mean of per-batch values).
-The region metrics (Rand score, variation of information) score the cell regions of each whole
-image with scikit-image and report the mean over images. Every state is a sum, so TFMA can merge
+The region metrics (Rand score, variation of information) score the regions of each whole image
+(the cells of two classes; the components of every class but 0 of K) with scikit-image and
+report the mean over images. Every state is a sum, so TFMA can merge
 them across batches and workers. TFMA reports each under its class name in snake case (e.g.
 `membrane_dice`, `rand_score`).
 """
@@ -126,28 +127,43 @@ class PixelAccuracy(_ThresholdMetric):
         return _ratio(self.correct, self.count)
 
 
-class _CellRegionScore(_ThresholdMetric):
-    """Mean over images of `score(truth_regions, predicted_regions)`: the cell regions are the
-    4-connected components of the cell class, in the labels and in the thresholded prediction
-    (a gap in a predicted membrane merges two cells)."""
+def class_regions(classes: np.ndarray) -> np.ndarray:
+    """Label image of the 4-connected components of every class but 0, numbered apart; class 0
+    (the membrane of two classes) is label 0, which the Rand score leaves out."""
+    regions = np.zeros(classes.shape, np.int64)
+    for k in np.unique(classes[classes > 0]):
+        components = label(classes == k, connectivity=1)
+        regions[components > 0] = components[components > 0] + regions.max()
+    return regions
 
-    def __init__(self, name=None, threshold: float = 0.5, **kwargs):
+
+class _RegionScore(_ThresholdMetric):
+    """Mean over images of `score(truth_regions, predicted_regions)`: the regions are the
+    4-connected components of each class but 0 (`class_regions`), in the labels and in the
+    prediction (two classes: the cell class where p(cell) > threshold; K >= 3: each pixel's
+    argmax). A gap in a predicted membrane merges two cells."""
+
+    def __init__(self, name=None, threshold: float = 0.5, num_classes: int = 2, **kwargs):
         super().__init__(name=name, threshold=threshold, **kwargs)
+        self.num_classes = num_classes
         self.total, self.images = self._sum("total"), self._sum("images")
 
     @staticmethod
     def score(truth: np.ndarray, prediction: np.ndarray) -> float:
         raise NotImplementedError
 
-    @staticmethod
-    def _images(batch: np.ndarray) -> np.ndarray:
-        """[N, H, W] from Keras's [N, H, W, 1] or TFMA's squeezed [N, H, W] (one image: [H, W])."""
-        return batch[..., 0] if batch.ndim == 4 else batch.reshape((-1,) + batch.shape[-2:])
+    def _classes(self, batch: np.ndarray, threshold: float) -> np.ndarray:
+        """[N, H, W] class indices from Keras's [N, H, W, C] or TFMA's squeezed [N, H, W] (one
+        image: [H, W]; K classes: [..., K] one-hot or probabilities)."""
+        if self.num_classes > 2:
+            classes = batch.argmax(axis=-1)
+        else:
+            classes = (batch[..., 0] if batch.ndim == 4 else batch) > threshold
+        return classes.reshape((-1,) + classes.shape[-2:])
 
     def _scores(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        truth = self._images(y_true) > 0.5
-        pred = self._images(y_pred) > self.threshold
-        return np.array([self.score(label(t, connectivity=1), label(p, connectivity=1))
+        truth, pred = self._classes(y_true, 0.5), self._classes(y_pred, self.threshold)
+        return np.array([self.score(class_regions(t), class_regions(p))
                          for t, p in zip(truth, pred, strict=True)], np.float64)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
@@ -161,11 +177,15 @@ class _CellRegionScore(_ThresholdMetric):
     def result(self):
         return _ratio(self.total, self.images)
 
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
 
-class RandScore(_CellRegionScore):
-    """1 - adapted Rand error of the cell regions (ISBI 2012's measure; higher is better).
 
-    An image without cells in its labels has no score; a prediction without any cell scores 0
+class RandScore(_RegionScore):
+    """1 - adapted Rand error of the regions (ISBI 2012's measure on the cells; higher is
+    better).
+
+    An image without regions in its labels has no score; a prediction without any scores 0
     (scikit-image answers NaN for both)."""
 
     @staticmethod
@@ -177,8 +197,8 @@ class RandScore(_CellRegionScore):
         return 1.0 - adapted_rand_error(truth, prediction)[0]
 
 
-class VariationOfInformation(_CellRegionScore):
-    """Variation of information between the cell regions, split + merge (lower is better)."""
+class VariationOfInformation(_RegionScore):
+    """Variation of information between the regions, split + merge (lower is better)."""
 
     @staticmethod
     def score(truth, prediction):
