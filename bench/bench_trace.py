@@ -23,12 +23,13 @@ def trace_seconds(convert_tf_keras: bool) -> float:
     from tensorflow.python.autograph.core import config
 
     from unet_tfx.config import load_profile
+    from unet_tfx.trainer.autograph import tf_keras_rules
     from unet_tfx.trainer.model import build_from_config, compile_from_config
     from unet_tfx.trainer.precision import global_precision, resolve_precision
 
     if convert_tf_keras:  # as TensorFlow 2.16 does without the rule
         config.CONVERSION_RULES = tuple(rule for rule in config.CONVERSION_RULES
-                                        if not rule.matches("tf_keras"))
+                                        if rule not in tf_keras_rules())
     cfg = load_profile("quick").training
     with global_precision(resolve_precision(cfg.precision)[0]):
         model = compile_from_config(build_from_config(cfg), cfg, steps=cfg.train_steps)

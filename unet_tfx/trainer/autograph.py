@@ -10,8 +10,13 @@ layers users subclass, are still converted.
 from tensorflow.python.autograph.core import config
 
 
+def tf_keras_rules() -> list:
+    """AutoGraph's do-not-convert rules for `tf_keras`, in order."""
+    return [rule for rule in config.CONVERSION_RULES
+            if isinstance(rule, config.DoNotConvert) and rule.matches("tf_keras")]
+
+
 def leave_tf_keras_unconverted() -> None:
     """Add AutoGraph's do-not-convert rule for `tf_keras` unless TensorFlow already has it."""
-    if not any(isinstance(rule, config.DoNotConvert) and rule.matches("tf_keras")
-               for rule in config.CONVERSION_RULES):
+    if not tf_keras_rules():
         config.CONVERSION_RULES = (*config.CONVERSION_RULES, config.DoNotConvert("tf_keras"))
