@@ -58,6 +58,8 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
+                # Said, not guessed: TFMA would first try loading the model as a Keras one.
+                model_type=tfma.TF_GENERIC,
                 signature_name="serving_examples",
                 label_key=F.MASK_XF,
                 preprocessing_function_names=["transform_features"],
