@@ -29,8 +29,9 @@ from unet_tfx.ingest import ingest
 from unet_tfx.ingest.errors import IngestError
 from unet_tfx.pipeline.cross_validation import fold_ids
 from unet_tfx.pipeline.report import FALSE_CELL, FALSE_MEMBRANE, error_map
+from unet_tfx.regions import class_regions
 from unet_tfx.serving.local_model import latest_version
-from unet_tfx.trainer.metrics import RandScore, class_regions
+from unet_tfx.trainer.metrics import RandScore
 
 HEIGHT, WIDTH = 200, 300  # non-square, and neither side a multiple of 16
 
@@ -164,7 +165,9 @@ def test_a_non_square_rgb_folder_runs_end_to_end_and_serves_at_its_own_size(tmp_
     root = tmp_path / "tfx"
     code = main(["run", "--images", str(images), "--masks", str(masks), "--eval-count", "2",
                  "--profile", "test", "--examples-dir", str(tmp_path / "examples"),
-                 "--pipeline-root", str(root), "--serving-dir", str(tmp_path / "serving")])
+                 "--pipeline-root", str(root), "--serving-dir", str(tmp_path / "serving"),
+                 # The test profile's brief training is never sure of a cell at the default.
+                 "--cell-seed-threshold", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
     written = load_dataset(root / "dataset.yaml")
@@ -174,12 +177,16 @@ def test_a_non_square_rgb_folder_runs_end_to_end_and_serves_at_its_own_size(tmp_
     assert (root / "eval_predictions.png").stat().st_size > 0
     page = (root / "report.html").read_text()
     assert "rand_score" in page and "variation_of_information" in page
-    per_image = [float(x) for x in re.findall(r"membrane Dice [0-9.]+, Rand ([0-9.]+)", page)]
-    assert len(per_image) == 2  # one heading per eval image
-    # The Evaluator's Rand score (TFMA, serving_examples) is the mean of the report's per image
-    # (serving_default on the PNGs, scored by the same metric class).
-    evaluator = float(re.search(r"^rand_score: ([0-9.]+)", out, re.M).group(1))
-    assert evaluator == pytest.approx(np.mean(per_image), abs=0.01)
+    per_image = re.findall(r"membrane Dice [0-9.]+, Rand ([0-9.]+), watershed Rand ([0-9.]+)",
+                           page)
+    assert len(per_image) == 2 and page.count('alt="watershed cells"') == 2  # one per image
+    assert all(float(grown) > 0 for _, grown in per_image)  # cells grew from the seeds
+    # The Evaluator's Rand scores (TFMA, serving_examples) are the means of the report's per
+    # image (serving_default on the PNGs, scored by the same metric classes).
+    for name, column in (("rand_score", 0), ("watershed_rand_score", 1)):
+        evaluator = float(re.search(rf"^{name}: ([0-9.]+)", out, re.M).group(1))
+        assert evaluator == pytest.approx(np.mean([float(r[column]) for r in per_image]),
+                                          abs=0.01)
     screenshot = render_in_chromium(root / "report.html", tmp_path / "report.png")
     assert screenshot.size == (1100, 1800)
     assert np.asarray(screenshot.convert("L")).std() > 20  # a page of tables and pictures

@@ -9,6 +9,7 @@ from skimage.measure import label
 from skimage.metrics import adapted_rand_error
 
 from unet_tfx.config import TrainingConfig
+from unet_tfx.regions import cell_regions, class_regions
 from unet_tfx.trainer.losses import (
     LOSSES,
     dice_coef,
@@ -25,7 +26,7 @@ from unet_tfx.trainer.metrics import (
     PixelAccuracy,
     RandScore,
     VariationOfInformation,
-    class_regions,
+    WatershedRandScore,
 )
 from unet_tfx.trainer.model import build_from_config, build_unet, compile_from_config, compile_unet
 
@@ -247,6 +248,28 @@ def test_region_metrics_see_the_gap_that_merges_two_cells():
     assert float(vi.result()) == pytest.approx(0.0, abs=1e-9)
     vi.update_state(truth, _cells_with_a_membrane(gap=True))
     assert float(vi.result()) > 0.3  # mean of 0 and the merge's ~ln 2 (0.69) in nats
+
+
+def test_watershed_cells_divide_along_a_weak_membrane_the_mask_lets_through():
+    truth = _cells_with_a_membrane(gap=False)
+    # A model's map: sure of both cells, unsure in the membrane's gap (p 0.6 > 0.5: the mask
+    # joins the cells there); the membrane itself is wider than the truth's.
+    p_cell = np.full((32, 32), 0.99, "float32")
+    p_cell[:, 14:18] = 0.1
+    p_cell[10:14, 14:18] = 0.6
+    pred = p_cell[None, ..., None]
+    regions = cell_regions(p_cell)
+    assert len(np.unique(regions)) == 2 and (regions > 0).all()  # two cells tile the image
+    assert (regions[:, :15] == regions[0, 0]).all() and (regions[:, 17:] == regions[0, -1]).all()
+    components, grown = RandScore(), WatershedRandScore()
+    components.update_state(truth, pred)
+    grown.update_state(truth, pred[..., 0])  # TFMA's squeezed [N, H, W]
+    assert float(components.result()) < 0.7  # the gap merged the cells
+    assert float(grown.result()) == pytest.approx(1.0)
+    # No pixel sure enough to seed a cell: no cells, score 0 (as RandScore without regions).
+    unsure = WatershedRandScore.from_config(WatershedRandScore(seed_threshold=0.995).get_config())
+    unsure.update_state(truth, pred)
+    assert float(unsure.result()) == 0.0
 
 
 def test_region_metric_states_add_up_across_batches_as_tfma_merges_them():

@@ -61,7 +61,7 @@ def test_first_run_is_blessed_and_pushed(first_run, config):
     assert first_run.blessed is True
     assert set(first_run.metrics) >= {"membrane_dice", "cell_dice", "mean_dice", "pixel_accuracy",
                                       "membrane_iou", "cell_iou", "rand_score",
-                                      "variation_of_information"}
+                                      "variation_of_information", "watershed_rand_score"}
     assert first_run.metrics["variation_of_information"] >= 0.0  # nats, unbounded above
     assert all(0.0 <= v <= 1.0 for k, v in first_run.metrics.items()
                if k != "variation_of_information")

@@ -2,6 +2,7 @@
 inference and the `predict` command's pictures."""
 
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -12,6 +13,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from unet_tfx.cli import main
 from unet_tfx.config import BUNDLED_DATA
+from unet_tfx.regions import cell_regions
 from unet_tfx.serving.client import SegmentationClient, ServingError
 from unet_tfx.serving.local_model import LocalModel, latest_version
 
@@ -84,12 +86,23 @@ def test_predict_command_writes_masks_overlays_and_a_contact_sheet(first_run, pi
                                                                    tmp_path):
     model_base = f"{pipeline_config.serving_dir}/{pipeline_config.model_name}"
     images = [str(BUNDLED_DATA / "test" / f"{i}.png") for i in (0, 1)]
-    assert main(["predict", *images, "--model-dir", model_base, "--output", str(tmp_path)]) == 0
+    # The test profile's brief training is never sure of a cell at the default seed threshold.
+    assert main(["predict", *images, "--model-dir", model_base, "--output", str(tmp_path),
+                 "--cells", "--cell-seed-threshold", "0.5"]) == 0
     for stem in ("0", "1"):
         mask = np.asarray(Image.open(tmp_path / f"{stem}_mask.png"))
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
         overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png"))
         assert overlay.shape == (512, 512, 3)
+        # The cells, as the Evaluator's watershed_rand_score grows them from the same answer.
+        cells = np.asarray(Image.open(tmp_path / f"{stem}_cells.png"))
+        answer = LocalModel(latest_version(model_base)).segment([Path(images[int(stem)])
+                                                                 .read_bytes()])[0]
+        np.testing.assert_array_equal(cells, cell_regions(answer[..., 0], 0.5))
+        assert cells.max() > 1  # several cells
+    for wrong in (["--cells", "--masks-only"], ["--cells", "--cell-seed-threshold", "1.5"]):
+        assert main(["predict", images[0], "--model-dir", model_base, *wrong,
+                     "--output", str(tmp_path / "none")]) == 2
     assert Image.open(tmp_path / "predictions.png").size == (3 * 256, 2 * 256)
     assert not list(tmp_path.glob("*.partial"))  # no temporary files left
 

@@ -85,6 +85,10 @@ def _add_config_arguments(parser) -> None:
                         help="p(cell) above which a pixel is cell in the served masks, the "
                         "Evaluator's metrics and the report (default: "
                         f"{_per_profile('mask_threshold')}; `cv` scores others)")
+    parser.add_argument("--cell-seed-threshold", type=float, metavar="P",
+                        help="two classes: p(cell) above which a pixel seeds a watershed cell, "
+                        "for the Evaluator's watershed_rand_score and the report (default: "
+                        f"{_per_profile('cell_seed_threshold')})")
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="Adam's rate from --learning-rate: falls to 0 along a half cosine "
                         "over the training steps, or stays constant (default: "
@@ -165,6 +169,7 @@ def _config(args, spec=None):
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
         keep_versions=args.keep_versions, mask_threshold=args.mask_threshold,
+        cell_seed_threshold=args.cell_seed_threshold,
         learning_rate_schedule=args.learning_rate_schedule, batch_norm=args.batch_norm,
         loss=args.loss,
         **{key: getattr(args, key) for key in AUGMENTATION},

@@ -12,13 +12,16 @@ METRICS_MODULE = "unet_tfx.trainer.metrics"
 # TFMA reports a tf_keras metric under its class name in snake case.
 GATED_METRIC = "membrane_dice"
 REPORTED_METRICS = ("MembraneDice", "CellDice", "MeanDice", "PixelAccuracy", "MembraneIou",
-                    "CellIou", "RandScore", "VariationOfInformation")
+                    "CellIou", "RandScore", "VariationOfInformation", "WatershedRandScore")
 
 
 def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int = 2,
-                threshold: float = TrainingConfig.mask_threshold) -> tfma.EvalConfig:
+                threshold: float = TrainingConfig.mask_threshold,
+                seed_threshold: float = TrainingConfig.cell_seed_threshold) -> tfma.EvalConfig:
     """Raw examples in, labels from `transform_features`, predictions from `serving_examples`
-    (two classes: a pixel is cell where p(cell) > `threshold`).
+    (two classes: a pixel is cell where p(cell) > `threshold`; the Rand score on the mask's
+    cell components and, as `watershed_rand_score`, on the cells `regions.cell_regions` grows
+    from seeds where p(cell) > `seed_threshold`).
 
     K >= 3 classes: the mean class Dice, pixel accuracy, each class's Dice and IoU, and the Rand
     score and variation of information of the regions of every class but 0.
@@ -38,7 +41,8 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
             tfma.MetricConfig(
                 class_name=name, module=METRICS_MODULE,
                 threshold=gate if name == "MembraneDice" else None,
-                config=json.dumps({"threshold": threshold}),
+                config=json.dumps({"threshold": threshold, **(
+                    {"seed_threshold": seed_threshold} if name == "WatershedRandScore" else {})}),
             )
             for name in REPORTED_METRICS
         ]

@@ -31,7 +31,8 @@ from unet_tfx.trainer.metrics import MeanDice, MembraneDice, RandScore
 log = logging.getLogger("unet_tfx.pipeline")
 RESULTS = "cv.json"
 # The columns printed per fold (every metric is in cv.json).
-SHOWN = ("membrane_dice", "mean_dice", "rand_score", "variation_of_information")
+SHOWN = ("membrane_dice", "mean_dice", "rand_score", "variation_of_information",
+         "watershed_rand_score")
 # p(cell) thresholds each fold's model is scored at, and the metrics (Evaluator's names).
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SWEPT = {"membrane_dice": MembraneDice, "mean_dice": MeanDice, "rand_score": RandScore}

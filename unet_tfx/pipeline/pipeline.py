@@ -128,7 +128,8 @@ def create_pipeline(
         baseline_model=served_model.outputs["model"],
         example_splits=["eval"],
         eval_config=eval_config(config.min_membrane_dice, config.max_dice_drop,
-                                config.num_classes, config.training.mask_threshold),
+                                config.num_classes, config.training.mask_threshold,
+                                config.training.cell_seed_threshold),
     )
     evaluator.executor_spec = executor_spec.BeamExecutorSpec(BaselineEvaluatorExecutor)
     pusher = ServingPusher(model=trainer.outputs["model"],

@@ -2,8 +2,9 @@
 
 Metrics with their change against the last blessed model, the components' states and times, the
 Trainer's training curves, and for every eval image the input, the truth, the prediction and an
-error map (false membrane red, false cell blue) with its membrane Dice and Rand score, then the
-run's settings. Pictures are embedded as PNG data URIs, so the page travels as one file.
+error map (false membrane red, false cell blue) with its membrane Dice and Rand score (two
+classes: also the watershed cells and their Rand score), then the run's settings. Pictures are
+embedded as PNG data URIs, so the page travels as one file.
 """
 
 import base64
@@ -19,9 +20,10 @@ from unet_tfx.config import PipelineConfig
 from unet_tfx.files import write_atomically
 from unet_tfx.ingest.decode import encode_png
 from unet_tfx.pipeline.run_summary import RunSummary
+from unet_tfx.regions import cell_regions
 from unet_tfx.serving.eval_pictures import eval_predictions
-from unet_tfx.serving.pictures import binary_mask, visible
-from unet_tfx.trainer.metrics import MeanClassDice, MembraneDice, RandScore
+from unet_tfx.serving.pictures import binary_mask, cell_picture, visible
+from unet_tfx.trainer.metrics import MeanClassDice, MembraneDice, RandScore, WatershedRandScore
 
 REPORT = "report.html"
 FALSE_MEMBRANE = (230, 40, 40)  # truth cell, predicted membrane
@@ -117,18 +119,22 @@ def _settings_table(config: PipelineConfig) -> str:
     return f"<table>{rows}</table>"
 
 
-def _image_rows(predictions: list, threshold: float) -> tuple[str, int]:
-    """The eval images' HTML (cell where p(cell) > `threshold`) and the model's number of
-    classes."""
+def _image_rows(predictions: list, threshold: float, seed_threshold: float) -> tuple[str, int]:
+    """The eval images' HTML (cell where p(cell) > `threshold`; watershed cells seeded where
+    p(cell) > `seed_threshold`) and the model's number of classes."""
     rows, classes = [], 2
     for example, probabilities in predictions:
         image, truth = example["image"], example["mask"]
         predicted = binary_mask(probabilities, threshold)
-        classes = max(2, probabilities.shape[-1])
+        classes, cells = max(2, probabilities.shape[-1]), ""
         if classes == 2:
             dice = score(MembraneDice(threshold=threshold), [(truth, probabilities)])
             rand = score(RandScore(threshold=threshold), [(truth, probabilities)])
-            scores = f"membrane Dice {dice:.3f}, Rand {rand:.3f}"
+            grown = score(WatershedRandScore(seed_threshold=seed_threshold),
+                          [(truth, probabilities)])
+            scores = f"membrane Dice {dice:.3f}, Rand {rand:.3f}, watershed Rand {grown:.3f}"
+            cells = _img(cell_picture(cell_regions(probabilities[..., 0], seed_threshold)),
+                         "watershed cells")
         else:
             metric = MeanClassDice(classes)
             metric.update_state(np.eye(classes, dtype=np.float32)[truth][None],
@@ -139,7 +145,7 @@ def _image_rows(predictions: list, threshold: float) -> tuple[str, int]:
             f'<div class="images">{_img(image, "image")}'
             f'{_img(visible(truth, classes), "truth")}'
             f'{_img(visible(predicted, classes), "prediction")}'
-            f'{_img(error_map(image, truth, predicted, classes), "errors")}</div>')
+            f'{_img(error_map(image, truth, predicted, classes), "errors")}{cells}</div>')
     return "".join(rows), classes
 
 
@@ -171,7 +177,8 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> list
     eval_examples = os.path.join(config.examples_dir, "eval")
     if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
         predictions = eval_predictions(model_dir, eval_examples)
-        rows, classes = _image_rows(predictions, config.training.mask_threshold)
+        rows, classes = _image_rows(predictions, config.training.mask_threshold,
+                                    config.training.cell_seed_threshold)
         legend = (f'<span style="background: rgb{FALSE_MEMBRANE}"></span> false membrane '
                   f'<span style="background: rgb{FALSE_CELL}"></span> false cell'
                   if classes == 2 else

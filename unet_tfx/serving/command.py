@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from unet_tfx.serving.pictures import contact_sheet, decode_grey, overlay, save_png
 
 log = logging.getLogger("unet_tfx.serving")
@@ -68,6 +70,14 @@ def register(subparsers) -> None:
     parser.add_argument("--masks-only", action="store_true",
                         help="write masks only, no overlays or contact sheet: the server sends "
                         "PNG masks instead of float maps when the model has them")
+    parser.add_argument("--cells", action="store_true",
+                        help="also write <name>_cells.png, the cells as a 16-bit label image "
+                        "(1..N, one number per cell) grown from p(cell) by a seeded watershed: "
+                        "the regions the Evaluator's watershed_rand_score scores (two-class "
+                        "models; not with --masks-only)")
+    parser.add_argument("--cell-seed-threshold", type=float, metavar="P",
+                        help="with --cells: p(cell) above which a pixel seeds a cell (default: "
+                        "TrainingConfig's cell_seed_threshold)")
     parser.add_argument("--progress-every", type=int, default=10, metavar="N",
                         help="log progress every N images (default: 10)")
     parser.set_defaults(func=run_command)
@@ -199,6 +209,14 @@ def run_command(args) -> int:
         print("error: --batch-size and --deadline must be positive, --retry-budget at least 0",
               file=sys.stderr)
         return 2
+    if args.cell_seed_threshold is not None and not 0.0 < args.cell_seed_threshold < 1.0:
+        print(f"error: --cell-seed-threshold {args.cell_seed_threshold}: expected a p(cell) "
+              "between 0 and 1", file=sys.stderr)
+        return 2
+    if args.cells and args.masks_only:
+        print("error: --cells grows the cells from p(cell), which --masks-only does not fetch",
+              file=sys.stderr)
+        return 2
     if args.model_dir and args.label:
         print("error: --label needs --server or --rest (labels live in TF Serving's config); "
               "with --model-dir choose a --version", file=sys.stderr)
@@ -229,6 +247,21 @@ def run_command(args) -> int:
     return 0
 
 
+def cell_labels(probabilities: np.ndarray, name: str,
+                seed_threshold: float | None = None) -> np.ndarray:
+    """`regions.cell_regions` of a two-class [H, W, 1] answer as uint16 labels."""
+    from unet_tfx.regions import SEED_THRESHOLD, cell_regions
+
+    if probabilities.shape[-1] != 1:
+        raise ValueError(f"--cells: the model answered {probabilities.shape[-1]} classes for "
+                         f"{name}; cells are grown from a two-class model's p(cell)")
+    cells = cell_regions(probabilities[..., 0],
+                         SEED_THRESHOLD if seed_threshold is None else seed_threshold)
+    if cells.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"--cells: {name} has {cells.max()} cells, more than a 16-bit PNG holds")
+    return cells.astype(np.uint16)
+
+
 def _segment_all(segmenter, images: list[tuple[Path, str]], args) -> list:
     """Segment in chunks of --batch-size (the client splits a chunk into requests by image
     size), writing each chunk's pictures before the next is read; the contact sheet's rows."""
@@ -250,6 +283,9 @@ def _segment_all(segmenter, images: list[tuple[Path, str]], args) -> list:
             grey = decode_grey(data)
             picture = overlay(grey, result.probabilities)
             save_png(output / f"{name}_overlay.png", picture)
+            if args.cells:
+                save_png(output / f"{name}_cells.png",
+                         cell_labels(result.probabilities, name, args.cell_seed_threshold))
             if len(shown) < SHEET_ROWS:
                 shown.append([grey, picture, result.mask])
     return shown

@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 from PIL import Image
+from skimage.color import label2rgb
+from skimage.segmentation import find_boundaries
 
 from unet_tfx.files import write_atomically
 from unet_tfx.ingest.decode import encode_png
@@ -39,6 +41,14 @@ def overlay(image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     rgb[..., 0] = rgb[..., 0] * (1 - membrane) + 255 * membrane
     rgb[..., 1:] *= (1 - 0.6 * membrane)[..., None]
     return rgb.clip(0, 255).astype(np.uint8)
+
+
+def cell_picture(cells: np.ndarray) -> np.ndarray:
+    """RGB: each cell of a label image (`regions.cell_regions`) in a colour of its own, the
+    borders between cells black."""
+    rgb = label2rgb(cells, bg_label=0)
+    rgb[find_boundaries(cells)] = 0
+    return (rgb * 255).round().astype(np.uint8)
 
 
 def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:

@@ -4,16 +4,18 @@ The pixel metrics (Dice, IoU, accuracy) flatten y_true/y_pred and binarize predi
 `threshold`, so they report hard values over all pixels seen (not a mean of per-batch values).
 The region metrics (Rand score, variation of information) score the regions of each whole image
 (the cells of two classes; the components of every class but 0 of K) with scikit-image and
-report the mean over images. Every state is a sum, so TFMA can merge
-them across batches and workers. TFMA reports each under its class name in snake case (e.g.
+report the mean over images (regions from `unet_tfx.regions`); `WatershedRandScore` scores the
+cells `cell_regions` grows from the two-class probabilities. Every state is a sum, so TFMA can
+merge them across batches and workers. TFMA reports each under its class name in snake case (e.g.
 `membrane_dice`, `rand_score`).
 """
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from skimage.measure import label
 from skimage.metrics import adapted_rand_error, variation_of_information
+
+from unet_tfx.regions import SEED_THRESHOLD, cell_regions, class_regions
 
 
 def _ratio(numerator, denominator):
@@ -127,13 +129,6 @@ class PixelAccuracy(_ThresholdMetric):
         return _ratio(self.correct, self.count)
 
 
-def class_regions(classes: np.ndarray) -> np.ndarray:
-    """Label image of the 4-connected components of every class but 0, numbered apart (each
-    component is one class: scikit-image's `label` joins neighbours of equal value); class 0
-    (the membrane of two classes) is label 0, which the Rand score leaves out."""
-    return label(classes, background=0, connectivity=1)
-
-
 class _RegionScore(_ThresholdMetric):
     """Mean over images of `score(truth_regions, predicted_regions)`: the regions are the
     4-connected components of each class but 0 (`class_regions`), in the labels and in the
@@ -158,10 +153,13 @@ class _RegionScore(_ThresholdMetric):
             classes = (batch[..., 0] if batch.ndim == 4 else batch) > threshold
         return classes.reshape((-1,) + classes.shape[-2:])
 
+    def _predicted_regions(self, y_pred: np.ndarray) -> list[np.ndarray]:
+        return [class_regions(classes) for classes in self._classes(y_pred, self.threshold)]
+
     def _scores(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        truth, pred = self._classes(y_true, 0.5), self._classes(y_pred, self.threshold)
-        return np.array([self.score(class_regions(t), class_regions(p))
-                         for t, p in zip(truth, pred, strict=True)], np.float64)
+        truth = [class_regions(classes) for classes in self._classes(y_true, 0.5)]
+        return np.array([self.score(t, p) for t, p in
+                         zip(truth, self._predicted_regions(y_pred), strict=True)], np.float64)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Images whose score is undefined (NaN) are left out of the mean."""
@@ -200,6 +198,23 @@ class VariationOfInformation(_RegionScore):
     @staticmethod
     def score(truth, prediction):
         return float(np.sum(variation_of_information(truth, prediction)))
+
+
+class WatershedRandScore(RandScore):
+    """Two classes: `RandScore` of the cells `cell_regions` grows from p(cell), not of the
+    mask's components."""
+
+    def __init__(self, name=None, seed_threshold: float = SEED_THRESHOLD, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.seed_threshold = seed_threshold
+
+    def _predicted_regions(self, y_pred):
+        p_cell = y_pred[..., 0] if y_pred.ndim == 4 else y_pred
+        return [cell_regions(p, self.seed_threshold)
+                for p in p_cell.reshape((-1,) + p_cell.shape[-2:])]
+
+    def get_config(self):
+        return {**super().get_config(), "seed_threshold": self.seed_threshold}
 
 
 class ClassDice(_SumsMetric):
