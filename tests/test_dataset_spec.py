@@ -232,7 +232,8 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
     images, masks = write_ellipses(tmp_path / "cells", 6, size=(64, 96), rgb=False)
     output = tmp_path / "cv"
     assert main(["cv", "--folds", "2", "--images", str(images), "--masks", str(masks),
-                 "--profile", "test", "--mask-threshold", "0.4", "--output", str(output)]) == 0
+                 "--profile", "test", "--mask-threshold", "0.4", "--cell-seed-threshold", "0.5",
+                 "--output", str(output)]) == 0
     out = capsys.readouterr().out
     record = json.loads((output / "cv.json").read_text())
     evals = [fold["eval_ids"] for fold in record["per_fold"]]
@@ -248,6 +249,10 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
             assert fold["thresholds"]["0.4"][name] == pytest.approx(fold["metrics"][name],
                                                                     abs=0.01)
         assert fold["thresholds"]["0.3"] != fold["thresholds"]["0.7"]
+        # The same for the watershed cells at the seed threshold the run evaluated with.
+        assert fold["seeds"]["0.5"]["watershed_rand_score"] == pytest.approx(
+            fold["metrics"]["watershed_rand_score"], abs=0.01)
+        assert fold["seeds"]["0.5"] != fold["seeds"]["0.99"]
     dice = [fold["metrics"]["membrane_dice"] for fold in record["per_fold"]]
     assert record["summary"]["membrane_dice"]["mean"] == pytest.approx(np.mean(dice))
     assert record["summary"]["membrane_dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
@@ -255,6 +260,8 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
     assert f"membrane_dice              {np.mean(dice):.4f} ± " in out
     assert set(record["threshold_summary"]) == {"0.3", "0.4", "0.5", "0.6", "0.7"}
     assert "the same models with the mask at other p(cell) thresholds" in out
+    assert set(record["seed_summary"]) == {"0.5", "0.9", "0.95", "0.97", "0.99"}
+    assert "their watershed cells at other seed thresholds" in out
 
 
 def test_a_mask_level_outside_the_classes_is_refused_naming_the_file(tmp_path):

@@ -5,8 +5,9 @@ eval split, and the whole local pipeline (Transform, Trainer, Evaluator) runs on
 `<output>/fold-i/`. Each fold's Evaluator metrics are collected, and their mean and standard
 deviation written to `<output>/cv.json`. A re-run reuses the finished folds from their caches.
 
-Two classes: each fold's model is also scored at several mask thresholds (`THRESHOLDS`) with the
-Evaluator's own metric classes, so the threshold a profile serves with is chosen by CV too.
+Two classes: each fold's model is also scored at several mask thresholds (`THRESHOLDS`) and
+watershed seed thresholds (`SEED_THRESHOLDS`) with the Evaluator's own metric classes, so the
+thresholds a profile serves and evaluates with are chosen by CV too.
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ from unet_tfx.ingest.sources import find_sources, natural_key
 from unet_tfx.pipeline.local_runner import run_local
 from unet_tfx.pipeline.report import run_model, score
 from unet_tfx.serving.eval_pictures import eval_predictions
-from unet_tfx.trainer.metrics import MeanDice, MembraneDice, RandScore
+from unet_tfx.trainer.metrics import MeanDice, MembraneDice, RandScore, WatershedRandScore
 
 log = logging.getLogger("unet_tfx.pipeline")
 RESULTS = "cv.json"
@@ -36,6 +37,9 @@ SHOWN = ("membrane_dice", "mean_dice", "rand_score", "variation_of_information",
 # p(cell) thresholds each fold's model is scored at, and the metrics (Evaluator's names).
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SWEPT = {"membrane_dice": MembraneDice, "mean_dice": MeanDice, "rand_score": RandScore}
+# p(cell) seed thresholds of the watershed cells each fold's model is scored at (0.5: the mask's
+# own components, grown until they tile the image).
+SEED_THRESHOLDS = (0.5, 0.9, 0.95, 0.97, 0.99)
 
 
 class CrossValidationError(RuntimeError):
@@ -58,13 +62,17 @@ def summarize_folds(per_fold: list[dict]) -> dict:
                    "std": float(np.std([m[name] for m in per_fold], ddof=1))} for name in names}
 
 
-def threshold_sweep(model_dir: str, eval_examples: str,
-                    thresholds=THRESHOLDS) -> dict[str, dict[str, float]]:
-    """{threshold: {metric: value}} of a two-class model on the eval examples: the `SWEPT`
-    metrics over all images, as the Evaluator computes them, at each threshold."""
+def threshold_sweeps(model_dir: str, eval_examples: str) -> dict[str, dict]:
+    """A two-class model on the eval examples, scored over all images as the Evaluator scores
+    it: {"thresholds": {threshold: {metric: value}}} with the `SWEPT` metrics at each mask
+    threshold, {"seeds": {seed: {"watershed_rand_score": value}}} at each seed threshold."""
     pairs = [(example["mask"], p) for example, p in eval_predictions(model_dir, eval_examples)]
-    return {f"{threshold:g}": {name: score(cls(threshold=threshold), pairs)
-                               for name, cls in SWEPT.items()} for threshold in thresholds}
+    return {
+        "thresholds": {f"{t:g}": {name: score(cls(threshold=t), pairs)
+                                  for name, cls in SWEPT.items()} for t in THRESHOLDS},
+        "seeds": {f"{s:g}": {"watershed_rand_score": score(
+            WatershedRandScore(seed_threshold=s), pairs)} for s in SEED_THRESHOLDS},
+    }
 
 
 def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, seed: int,
@@ -85,8 +93,8 @@ def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, see
             raise CrossValidationError(f"fold {k} of {folds} ({folder}) failed: {summary.error}")
         result = {"fold": k, "eval_ids": eval_ids, "metrics": summary.metrics}
         if config.num_classes == 2:
-            result["thresholds"] = threshold_sweep(run_model(summary, fold_config.pipeline_root),
-                                                   os.path.join(fold_config.examples_dir, "eval"))
+            result.update(threshold_sweeps(run_model(summary, fold_config.pipeline_root),
+                                           os.path.join(fold_config.examples_dir, "eval")))
         results.append(result)
         elapsed = time.monotonic() - started
         log.info("fold %d/%d: %s; %.0f s, ETA %.0f s", k, folds,
@@ -96,9 +104,9 @@ def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, see
               "profile_training": dataclasses.asdict(config.training), "per_fold": results,
               "summary": summarize_folds([r["metrics"] for r in results])}
     if config.num_classes == 2:
-        record["threshold_summary"] = {
-            t: summarize_folds([r["thresholds"][t] for r in results])
-            for t in results[0]["thresholds"]}
+        for sweep, key in (("thresholds", "threshold_summary"), ("seeds", "seed_summary")):
+            record[key] = {t: summarize_folds([r[sweep][t] for r in results])
+                           for t in results[0][sweep]}
     tf.io.gfile.makedirs(output)
     path = os.path.join(output, RESULTS)
     write_atomically(path, json.dumps(record, indent=2) + "\n")
@@ -120,4 +128,10 @@ def format_results(record: dict) -> str:
         for threshold, summary in record["threshold_summary"].items():
             lines.append(f"  {threshold:<11}" + "".join(
                 f"{summary[n]['mean']:>11.4f} ± {summary[n]['std']:.4f}" for n in SWEPT))
+        lines.append("their watershed cells at other seed thresholds (--cell-seed-threshold), "
+                     "mean ± std:")
+        lines.append(f"  {'seed':<11}{'watershed_rand_score':>20}")
+        for seed, summary in record["seed_summary"].items():
+            s = summary["watershed_rand_score"]
+            lines.append(f"  {seed:<11}{s['mean']:>11.4f} ± {s['std']:.4f}")
     return "\n".join(lines)
