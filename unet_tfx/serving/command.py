@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_tfx.config import TrainingConfig
 from unet_tfx.serving.pictures import contact_sheet, decode_grey, overlay, save_png
 
 log = logging.getLogger("unet_tfx.serving")
@@ -77,7 +78,7 @@ def register(subparsers) -> None:
                         "models; not with --masks-only)")
     parser.add_argument("--cell-seed-threshold", type=float, metavar="P",
                         help="with --cells: p(cell) above which a pixel seeds a cell (default: "
-                        "TrainingConfig's cell_seed_threshold)")
+                        f"{TrainingConfig.cell_seed_threshold:g}, as the Evaluator's)")
     parser.add_argument("--progress-every", type=int, default=10, metavar="N",
                         help="log progress every N images (default: 10)")
     parser.set_defaults(func=run_command)
