@@ -83,12 +83,13 @@ def test_latest_version_picks_the_highest_number(tmp_path):
 
 
 def test_predict_command_writes_masks_overlays_and_a_contact_sheet(first_run, pipeline_config,
-                                                                   tmp_path):
+                                                                   tmp_path, capsys):
     model_base = f"{pipeline_config.serving_dir}/{pipeline_config.model_name}"
     images = [str(BUNDLED_DATA / "test" / f"{i}.png") for i in (0, 1)]
     # The test profile's brief training is never sure of a cell at the default seed threshold.
     assert main(["predict", *images, "--model-dir", model_base, "--output", str(tmp_path),
                  "--cells", "--cell-seed-threshold", "0.5"]) == 0
+    assert f"wrote 2 masks, overlays and cells to {tmp_path}" in capsys.readouterr().out
     for stem in ("0", "1"):
         mask = np.asarray(Image.open(tmp_path / f"{stem}_mask.png"))
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}

@@ -241,7 +241,8 @@ def run_command(args) -> int:
     output = Path(args.output)
     if shown:
         save_png(output / "predictions.png", contact_sheet(shown))
-    kinds = "masks" if args.masks_only else "masks and overlays"
+    kinds = ("masks" if args.masks_only else
+             "masks, overlays and cells" if args.cells else "masks and overlays")
     retries = stats["attempts"] - stats["calls"]
     print(f"wrote {len(images)} {kinds} to {output} ({stats['calls']} requests, {retries} "
           f"retried, {stats['response_bytes'] / 2**20:.1f} MiB of answers)")
