@@ -171,6 +171,7 @@ def test_size_and_rate_flags_reach_the_trainers_config(tmp_path, capsys):
     assert (default.batch_size, default.patch_size, default.learning_rate) == (8, 128, 1e-3)
     given = training("--batch-size", "2", "--patch-size", "256", "--learning-rate", "3e-4")
     assert (given.batch_size, given.patch_size, given.learning_rate) == (2, 256, 3e-4)
+    assert (default.seed, training("--training-seed", "7").seed) == (42, 7)
     assert training("--profile", "full").patch_size == 256  # GPU workers keep 256² patches
     full = training("--profile", "full", "--patch-size", "512")
     assert (full.batch_size, full.patch_size) == (16, 512)

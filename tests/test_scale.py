@@ -125,6 +125,21 @@ def test_input_streams_beyond_the_cache_budget_and_caches_within_it(tmp_path, ca
     assert whole == list(range(count))
 
 
+def test_the_training_seed_picks_the_patches(tmp_path):
+    size = 32
+    patterns = _example_files(tmp_path / "raw", 6, size)
+
+    def first_batches(seed):
+        cfg = TrainingConfig(patch_size=16, batch_size=4, augment=True, seed=seed)
+        return np.stack([images for images, _ in training_dataset(patterns, _Spec(size),
+                                                                  cfg).take(3)])
+
+    np.testing.assert_array_equal(first_batches(7), first_batches(7))  # a run repeats
+    assert not np.array_equal(first_batches(7), first_batches(8))
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\); got -1"):
+        TrainingConfig(seed=-1)
+
+
 def test_default_budget_caches_the_bundled_data_and_streams_thousands():
     budget = TrainingConfig().cache_budget_mb
     per_example = 2 * 512 * 512 * 4 / 2**20  # image_xf + mask_xf, float32, MiB

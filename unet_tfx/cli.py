@@ -89,6 +89,10 @@ def _add_config_arguments(parser) -> None:
                         help="two classes: p(cell) above which a pixel seeds a watershed cell, "
                         "for the Evaluator's watershed_rand_score and the report (default: "
                         f"{_per_profile('cell_seed_threshold')})")
+    parser.add_argument("--training-seed", type=int, metavar="S",
+                        help="seed of the Trainer's initial weights, patches and augmentation: "
+                        "a run is repeatable with the same seed, and another shows how much a "
+                        f"result owes to chance (default: {_per_profile('seed')})")
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="Adam's rate from --learning-rate: falls to 0 along a half cosine "
                         "over the training steps, or stays constant (default: "
@@ -169,7 +173,7 @@ def _config(args, spec=None):
         precision=args.precision, span_window=args.span_window,
         eval_examples=args.eval_examples, warm_start=args.warm_start, force=args.force,
         keep_versions=args.keep_versions, mask_threshold=args.mask_threshold,
-        cell_seed_threshold=args.cell_seed_threshold,
+        cell_seed_threshold=args.cell_seed_threshold, seed=args.training_seed,
         learning_rate_schedule=args.learning_rate_schedule, batch_norm=args.batch_norm,
         loss=args.loss,
         **{key: getattr(args, key) for key in AUGMENTATION},

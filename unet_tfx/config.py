@@ -133,6 +133,10 @@ class TrainingConfig:
                 self.backup_every_steps, int) or self.backup_every_steps < 0:
             raise ConfigError("TrainingConfig.backup_every_steps must be an integer >= 0 (0: per "
                              f"epoch); got {self.backup_every_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+                0 <= self.seed < 2**32):  # NumPy's seed range, which Keras seeds too
+            raise ConfigError(f"TrainingConfig.seed must be an integer in [0, 2**32); "
+                             f"got {self.seed!r}")
 
 
 @dataclasses.dataclass(frozen=True)
