@@ -19,6 +19,15 @@ def test_help_lists_every_subcommand_without_loading_tensorflow():
     assert out.endswith("tensorflow loaded: False\n")
 
 
+def test_every_output_flag_has_the_short_form():
+    from unet_tfx.cli import build_parser
+
+    for command in (["ingest", "--images", "i"], ["cv"], ["compile", "--image", "i"],
+                    ["predict", "--model-dir", "m", "x.png"],
+                    ["serving-config", "--serving-dir", "s"]):
+        assert build_parser().parse_args([*command, "-o", "somewhere"]).output == "somewhere"
+
+
 def test_help_gives_the_profiles_own_defaults(capsys):
     from unet_tfx.cli import main
 

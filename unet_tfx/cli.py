@@ -257,7 +257,7 @@ def _register_cv(subparsers) -> None:
     _add_pairs_arguments(parser)
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     parser.add_argument("--seed", type=int, default=42, help="shuffling seed (default: 42)")
-    parser.add_argument("--output", help="folder of the folds (default: out/<name>/cv)")
+    parser.add_argument("-o", "--output", help="folder of the folds (default: out/<name>/cv)")
     parser.add_argument("--beam-workers", type=int, default=1, metavar="N",
                         help="Beam DirectRunner worker processes (as for run)")
     parser.set_defaults(func=_cv)
@@ -301,8 +301,8 @@ def _register_compile(subparsers) -> None:
     parser.add_argument("--image", required=True, help="container image with unet-tfx installed")
     parser.add_argument("--target", default="kubeflow", choices=TARGETS,
                         help="orchestrator (default: kubeflow)")
-    parser.add_argument("--output", help="pipeline spec file (default: unet_tfx_pipeline.yaml "
-                        "for kubeflow, unet_tfx_pipeline.json for vertex)")
+    parser.add_argument("-o", "--output", help="pipeline spec file (default: "
+                        "unet_tfx_pipeline.yaml for kubeflow, unet_tfx_pipeline.json for vertex)")
     _add_config_arguments(parser)
     parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                         help="a Beam pipeline option for the data components (repeatable)")

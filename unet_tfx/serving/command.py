@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8, metavar="N",
                         help="images per request, at most (default: 8; fewer when the model's "
                         "limits say so)")
-    parser.add_argument("--output", default="out/predictions", help="folder for the pictures")
+    parser.add_argument("-o", "--output", default="out/predictions", help="folder for the pictures")
     parser.add_argument("--threshold", type=float,
                         help="cell probability above which a pixel is cell (default: the "
                         "model's own mask, at the threshold it was exported with)")

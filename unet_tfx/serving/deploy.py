@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                         help="the Pusher's serving base: versions are in "
                         "<serving-dir>/<model-name>")
     parser.add_argument("--model-name", default="unet_membrane", help="default: unet_membrane")
-    parser.add_argument("--output", required=True, help="folder for the files")
+    parser.add_argument("-o", "--output", required=True, help="folder for the files")
     parser.add_argument("--model-base-path", help="the model base as the server sees it (e.g. "
                         "/models/unet_membrane in a container, or gs://...); default: "
                         "<serving-dir>/<model-name>, absolute")
