@@ -77,8 +77,9 @@ def register(subparsers) -> None:
                         "the regions the Evaluator's watershed_rand_score scores (two-class "
                         "models; not with --masks-only)")
     parser.add_argument("--cell-seed-threshold", type=float, metavar="P",
+                        default=TrainingConfig.cell_seed_threshold,
                         help="with --cells: p(cell) above which a pixel seeds a cell (default: "
-                        f"{TrainingConfig.cell_seed_threshold:g}, as the Evaluator's)")
+                        "%(default)g, as the Evaluator's)")
     parser.add_argument("--progress-every", type=int, default=10, metavar="N",
                         help="log progress every N images (default: 10)")
     parser.set_defaults(func=run_command)
@@ -210,7 +211,7 @@ def run_command(args) -> int:
         print("error: --batch-size and --deadline must be positive, --retry-budget at least 0",
               file=sys.stderr)
         return 2
-    if args.cell_seed_threshold is not None and not 0.0 < args.cell_seed_threshold < 1.0:
+    if not 0.0 < args.cell_seed_threshold < 1.0:
         print(f"error: --cell-seed-threshold {args.cell_seed_threshold}: expected a p(cell) "
               "between 0 and 1", file=sys.stderr)
         return 2
@@ -249,16 +250,14 @@ def run_command(args) -> int:
     return 0
 
 
-def cell_labels(probabilities: np.ndarray, name: str,
-                seed_threshold: float | None = None) -> np.ndarray:
+def cell_labels(probabilities: np.ndarray, name: str, seed_threshold: float) -> np.ndarray:
     """`regions.cell_regions` of a two-class [H, W, 1] answer as uint16 labels."""
-    from unet_tfx.regions import SEED_THRESHOLD, cell_regions
+    from unet_tfx.regions import cell_regions
 
     if probabilities.shape[-1] != 1:
         raise ValueError(f"--cells: the model answered {probabilities.shape[-1]} classes for "
                          f"{name}; cells are grown from a two-class model's p(cell)")
-    cells = cell_regions(probabilities[..., 0],
-                         SEED_THRESHOLD if seed_threshold is None else seed_threshold)
+    cells = cell_regions(probabilities[..., 0], seed_threshold)
     if cells.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"--cells: {name} has {cells.max()} cells, more than a 16-bit PNG holds")
     return cells.astype(np.uint16)

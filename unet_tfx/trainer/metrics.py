@@ -144,14 +144,20 @@ class _RegionScore(_ThresholdMetric):
     def score(truth: np.ndarray, prediction: np.ndarray) -> float:
         raise NotImplementedError
 
+    @staticmethod
+    def _images(batch: np.ndarray) -> np.ndarray:
+        """[N, H, W] of a two-class batch: Keras's [N, H, W, 1] or TFMA's squeezed [N, H, W]
+        (one image: [H, W])."""
+        values = batch[..., 0] if batch.ndim == 4 else batch
+        return values.reshape((-1,) + values.shape[-2:])
+
     def _classes(self, batch: np.ndarray, threshold: float) -> np.ndarray:
-        """[N, H, W] class indices from Keras's [N, H, W, C] or TFMA's squeezed [N, H, W] (one
-        image: [H, W]; K classes: [..., K] one-hot or probabilities)."""
+        """[N, H, W] class indices from a two-class batch (`_images`) or K classes' [..., K]
+        one-hot or probabilities."""
         if self.num_classes > 2:
             classes = batch.argmax(axis=-1)
-        else:
-            classes = (batch[..., 0] if batch.ndim == 4 else batch) > threshold
-        return classes.reshape((-1,) + classes.shape[-2:])
+            return classes.reshape((-1,) + classes.shape[-2:])
+        return self._images(batch) > threshold
 
     def _predicted_regions(self, y_pred: np.ndarray) -> list[np.ndarray]:
         return [class_regions(classes) for classes in self._classes(y_pred, self.threshold)]
@@ -209,9 +215,7 @@ class WatershedRandScore(RandScore):
         self.seed_threshold = seed_threshold
 
     def _predicted_regions(self, y_pred):
-        p_cell = y_pred[..., 0] if y_pred.ndim == 4 else y_pred
-        return [cell_regions(p, self.seed_threshold)
-                for p in p_cell.reshape((-1,) + p_cell.shape[-2:])]
+        return [cell_regions(p_cell, self.seed_threshold) for p_cell in self._images(y_pred)]
 
     def get_config(self):
         return {**super().get_config(), "seed_threshold": self.seed_threshold}
