@@ -7,6 +7,7 @@ import functools
 import importlib
 import io
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorflow_serving.config import model_server_config_pb2
 
-from unet_tfx import cli, imaging
+from unet_tfx import cli
 from unet_tfx.config import BUNDLED_DATA, ServingLimits
 from unet_tfx.ingest.records import make_example
 from unet_tfx.serving import deploy, warmup
@@ -279,14 +280,23 @@ def test_the_warmup_file_parses_and_replays(tiled_dir, eval_examples):
         assert [_decode(m).shape for m in answer[MASK_PNG]] == [(SIZE, SIZE)] * count
 
 
-def test_warmup_requests_the_model_would_refuse_are_not_written(tmp_path):
+def test_warmup_requests_the_model_would_refuse_are_left_out_with_a_warning(tmp_path, caplog):
+    """TF Serving refuses to load a version whose warmup it refuses, and an export at the end of
+    training must not fail on one: each such request is left out, and named in a warning."""
     small = ServingLimits(max_pixels=100 * 100, max_side=150)
-    with pytest.raises(imaging.ImageRefused, match=r"warmup request 0 image 0: 120x120 .* is "
-                       r"14400 pixels: expected at most 10000"):
-        warmup.write_warmup(str(tmp_path), [_png(mosaic(512)[:120, :120])], small)
+    assert warmup.write_warmup(str(tmp_path), [_png(mosaic(512)[:120, :120])], small) is None
     assert not (tmp_path / warmup.WARMUP_FILE).exists()
-    with pytest.raises(imaging.ImageRefused, match=r"warmup request 2: request of 2 images"):
-        warmup.write_warmup(str(tmp_path), [_png(mosaic(512)[:80, :80])] * 2, small)
+    assert re.search(r"warmup request 0 image 0: 120x120 .* is 14400 pixels: expected at most "
+                     r"10000", caplog.text)
+    caplog.clear()
+    path = warmup.write_warmup(str(tmp_path), [_png(mosaic(512)[:80, :80])] * 2, small)
+    assert [len(tf.make_ndarray(log.predict_log.request.inputs["images"]))
+            for log in warmup.read_warmup(str(tmp_path))] == [1, 1]
+    assert path.endswith(warmup.WARMUP_FILE)
+    assert "warmup request 2: request of 2 images" in caplog.text
+    one_per_request = ServingLimits(max_batch=1)
+    warmup.write_warmup(str(tmp_path), [_png(mosaic(512)[:64, :64])] * 2, one_per_request)
+    assert len(warmup.read_warmup(str(tmp_path))) == 2
 
 
 # --- serving-config ---------------------------------------------------------------------------

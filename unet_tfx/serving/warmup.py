@@ -5,10 +5,12 @@ before the version is marked AVAILABLE, so the first real request does not pay f
 first run's allocations. The requests are `serving_default` calls on real eval images: the
 encoded images of the Trainer's raw eval examples, as ingested.
 
-A warmup request the model refuses makes TF Serving refuse to load the version, so the
-requests are checked against the model's `ServingLimits` before they are written.
+A warmup request the model refuses makes TF Serving refuse to load the version, so each
+request is checked against the model's `ServingLimits` before it is written, and one the limits
+refuse is left out with a warning (an export at the end of a training run must not fail on it).
 """
 
+import logging
 import os
 
 import numpy as np
@@ -21,6 +23,7 @@ from unet_tfx.config import ServingLimits
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_IMAGES = 2  # eval images; one request each, plus one request of all of them
+log = logging.getLogger("unet_tfx.serving")
 
 
 def eval_pngs(patterns: list[str], count: int = WARMUP_IMAGES) -> list[bytes]:
@@ -50,40 +53,56 @@ def warmup_requests(images: list[bytes], model_name: str = "",
     return requests
 
 
-def check_requests(requests: list[predict_pb2.PredictRequest], limits: ServingLimits) -> None:
-    """ImageRefused unless every request is one the model with `limits` answers."""
+def _check_request(request: predict_pb2.PredictRequest, limits: ServingLimits, name: str) -> None:
+    """ImageRefused (naming the request `name`) unless the model with `limits` answers it."""
+    images = [bytes(b) for b in tf.make_ndarray(request.inputs["images"]).reshape(-1)]
+    if not 1 <= len(images) <= limits.max_batch:
+        raise imaging.ImageRefused(name + ": " + imaging.BATCH_SIZE.format(
+            len(images), limits.max_batch))
+    total = sum(map(len, images))
+    if total > limits.max_request_bytes:
+        raise imaging.ImageRefused(imaging.TOO_MANY_BYTES.format(name, total,
+                                                                 limits.max_request_bytes))
+    headers = [imaging.check_encoded_image(image, limits, f"{name} image {index}")
+               for index, image in enumerate(images)]
+    pixels = sum(h.height * h.width for h in headers)
+    if pixels > limits.max_pixels:
+        raise imaging.ImageRefused(name + ": " + imaging.BATCH_PIXELS.format(
+            len(images), headers[0].height, headers[0].width, pixels, limits.max_pixels))
+
+
+def answerable(requests: list[predict_pb2.PredictRequest],
+               limits: ServingLimits) -> list[predict_pb2.PredictRequest]:
+    """The requests the model with `limits` answers; each other one is logged as a warning."""
+    kept = []
     for number, request in enumerate(requests):
-        images = [bytes(b) for b in tf.make_ndarray(request.inputs["images"]).reshape(-1)]
-        name = f"warmup request {number}"
-        if not 1 <= len(images) <= limits.max_batch:
-            raise imaging.ImageRefused(name + ": " + imaging.BATCH_SIZE.format(
-                len(images), limits.max_batch))
-        total = sum(map(len, images))
-        if total > limits.max_request_bytes:
-            raise imaging.ImageRefused(imaging.TOO_MANY_BYTES.format(name, total,
-                                                                     limits.max_request_bytes))
-        headers = [imaging.check_encoded_image(image, limits, f"{name} image {index}")
-                   for index, image in enumerate(images)]
-        pixels = sum(h.height * h.width for h in headers)
-        if pixels > limits.max_pixels:
-            raise imaging.ImageRefused(name + ": " + imaging.BATCH_PIXELS.format(
-                len(images), headers[0].height, headers[0].width, pixels, limits.max_pixels))
+        try:
+            _check_request(request, limits, f"warmup request {number}")
+        except imaging.ImageRefused as refused:
+            log.warning("warmup: left out, the serving limits refuse it: %s", refused)
+        else:
+            kept.append(request)
+    return kept
 
 
 def write_warmup(saved_model_dir: str, images: list[bytes], limits: ServingLimits,
-                 model_name: str = "") -> str:
+                 model_name: str = "") -> str | None:
     """Write `assets.extra/tf_serving_warmup_requests` for `images` into a SavedModel folder
-    (via a temporary name, renamed when complete); returns its path."""
-    requests = warmup_requests(images, model_name)
-    check_requests(requests, limits)
+    (via a temporary name, renamed when complete), the requests `limits` refuse left out;
+    returns its path, or None when `limits` refuse every request (no file then)."""
+    requests = answerable(warmup_requests(images, model_name), limits)
+    if not requests:
+        log.warning("warmup: no request within the serving limits; %s has no warmup file",
+                    saved_model_dir)
+        return None
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     partial = f"{path}.partial"
     with tf.io.TFRecordWriter(partial) as writer:
         for request in requests:
-            log = prediction_log_pb2.PredictionLog(
+            record = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+            writer.write(record.SerializeToString())
     tf.io.gfile.rename(partial, path, overwrite=True)
     return path
 
