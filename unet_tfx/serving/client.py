@@ -49,14 +49,15 @@ MIB = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of one call on RETRYABLE statuses: at most `attempts` tries (the first included),
-    none starting later than `budget` seconds after the first began; the wait before retry n
-    (from 1) is min(max_backoff, initial_backoff * multiplier**(n-1)), shortened by up to
-    `jitter` of itself at random so that clients retrying together spread out. A call therefore
-    ends within budget + deadline seconds. The defaults wait 0.25, 0.5, 1, 2, 4, 5, 5 s: about
-    18 s for a server that is gone, enough for a TF Serving restart that reloads the model."""
+    """Retries of one call on RETRYABLE statuses: none starting later than `budget` seconds
+    after the first try began, and (when `attempts` is set) at most `attempts` tries, the first
+    included; the wait before retry n (from 1) is min(max_backoff, initial_backoff *
+    multiplier**(n-1)), shortened by up to `jitter` of itself at random so that clients
+    retrying together spread out. A call therefore ends within budget + deadline seconds. The
+    defaults wait 0.25, 0.5, 1, 2, 4, then every 5 s for up to 30 s: long enough for a TF
+    Serving restart that reloads and warms up the model."""
 
-    attempts: int = 8
+    attempts: int | None = None
     initial_backoff: float = 0.25
     multiplier: float = 2.0
     max_backoff: float = 5.0
@@ -64,7 +65,7 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def __post_init__(self):
-        if self.attempts < 1:
+        if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be at least 1; got {self.attempts}")
         if min(self.initial_backoff, self.max_backoff, self.budget) < 0 or self.multiplier < 1 \
                 or not 0 <= self.jitter < 1:
@@ -334,12 +335,13 @@ class BaseSegmentationClient:
             except ServingError as error:
                 elapsed = time.monotonic() - started
                 wait = self.retry.backoff(attempt)
-                if (error.code not in RETRYABLE or attempt >= self.retry.attempts
+                if (error.code not in RETRYABLE or attempt >= (self.retry.attempts or attempt + 1)
                         or elapsed + wait > self.retry.budget):
                     raise error.after(attempt, elapsed, f"{what} on {self.describe()}") \
                         from error.__cause__
-                log.warning("%s on %s: %s (attempt %d of %d): retrying in %.2f s: %s", what,
-                            self.describe(), error.code, attempt, self.retry.attempts, wait,
+                log.warning("%s on %s: %s (attempt %d%s): retrying in %.2f s: %s", what,
+                            self.describe(), error.code, attempt,
+                            f" of {self.retry.attempts}" if self.retry.attempts else "", wait,
                             error.details)
                 time.sleep(wait)
         raise AssertionError("unreachable")
