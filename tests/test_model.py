@@ -1,6 +1,7 @@
 """The seed U-Net, its losses and metrics, on small configurations."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from unet_tfx.trainer.metrics import (
     WatershedRandScore,
 )
 from unet_tfx.trainer.model import build_from_config, build_unet, compile_from_config, compile_unet
+from unet_tfx.trainer.plan import warm_start
 
 
 def test_seed_configuration_has_the_seed_parameter_count():
@@ -352,3 +354,20 @@ def test_k_class_model_loss_and_metrics():
     assert [m.name for m in iou] == ["class_0_iou", "class_1_iou", "class_2_iou"]
     assert float(mean.result()) == pytest.approx((1 + 4 / 3) / 3)
     assert float(accuracy.result()) == pytest.approx(0.75)
+
+
+def test_a_warm_start_that_fails_half_way_leaves_the_fresh_weights(tmp_path):
+    """A served two-class model cannot warm-start a three-class one: the load fails at the output
+    layer, after the convolutions before it were restored; the model must be all fresh again."""
+    served = build_unet((None, None, 1), base_filters=4, depth=2)
+    served.save(str(tmp_path / "1"), save_format="tf", include_optimizer=False,
+                save_traces=False)
+    model = build_unet((None, None, 1), base_filters=4, depth=2, num_classes=3)
+    fresh = model.get_weights()
+    fn_args = types.SimpleNamespace(base_model=str(tmp_path / "1"))
+    assert warm_start(model, fn_args, {"warm_start": True, "served_version": 1}) is None
+    for now, before in zip(model.get_weights(), fresh, strict=True):
+        np.testing.assert_array_equal(now, before)
+    same_shape = build_unet((None, None, 1), base_filters=4, depth=2)
+    assert warm_start(same_shape, fn_args, {"warm_start": True, "served_version": 1}) == 1
+    np.testing.assert_array_equal(same_shape.get_weights()[0], served.get_weights()[0])

@@ -49,11 +49,13 @@ def warm_start(model: keras.Model, fn_args, plan: dict) -> int | None:
     if not plan.get("warm_start") or not fn_args.base_model:
         return None
     checkpoint = os.path.join(fn_args.base_model, "variables", "variables")
+    fresh = model.get_weights()  # a failed load may have restored some weights already
     try:
         # Every weight of `model` must be restored; the export's extras (Transform layer,
         # signatures' metrics) are not part of it.
         model.load_weights(checkpoint).assert_existing_objects_matched().expect_partial()
     except (ValueError, AssertionError, tf.errors.OpError) as error:
+        model.set_weights(fresh)
         log.warning("warm start from version %s impossible, training from scratch: %s",
                     plan.get("served_version"), str(error).splitlines()[0])
         return None
