@@ -449,6 +449,9 @@ def test_masks_of_any_values_modes_and_sizes(folder, height, width, values, mode
     elif levels.size > 2:
         assert isinstance(result, IngestError)
         assert f"mask has {levels.size} levels" in str(result) and "at most two" in str(result)
+    elif levels.size == 2 and levels[0] != 0:
+        assert isinstance(result, IngestError)
+        assert "expected 0 for background and one other value" in str(result)
     else:
         assert isinstance(result, np.ndarray) and result.shape == (height, width)
         np.testing.assert_array_equal(result, np.where(stored > 0, 255, 0))

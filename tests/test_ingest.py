@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import re
 import shutil
 
@@ -207,6 +208,12 @@ def _write_bad(tmp_path, case):
     if case == "mask levels":
         _save(masks / "1.png", (np.arange(48) % 4).astype(np.uint8).reshape(6, 8) * 60)
         return kwargs, r"masks/1\.png: mask has 4 levels \(0, 60, 120, 180\): expected at most two"
+    if case == "mask levels without 0":
+        _save(masks / "1.png", np.where(mask > 0, 255, 128).astype(np.uint8))
+        return kwargs, r"masks/1\.png: mask levels 128 and 255: expected 0 for background"
+    if case == "a JPEG among the images":
+        Image.fromarray(image).save(images / "9.jpg")
+        return kwargs, r"images: 9\.jpg: unsupported image format: expected PNG or TIFF"
     if case == "channels":
         _save(images / "1.png", np.stack([image] * 3, axis=-1))
         return kwargs, r"images/1\.png: image has 3 channel\(s\) \(RGB\): expected 1"
@@ -243,7 +250,8 @@ def _write_bad(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", [
-    "corrupt", "size mismatch", "mask levels", "channels", "16-bit", "too many pixels",
+    "corrupt", "size mismatch", "mask levels", "mask levels without 0",
+    "a JPEG among the images", "channels", "16-bit", "too many pixels",
     "multi-page file", "image without mask", "mask without image", "empty folder",
     "empty stack", "stack page counts",
 ])
@@ -292,6 +300,34 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     assert not list(out.glob("*.tfrecord.gz"))
     assert [e["id"] for e in read_examples(out / "eval")] == ["3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks", "out"]
+
+
+def test_a_grey_palette_mask_is_read_by_its_levels_not_its_indices(tmp_path):
+    """Editors often save a black-and-white mask as a palette with white at index 0: read by
+    index it would be inverted."""
+    images, masks, pixels = _pairs(tmp_path, 3)
+    mask = pixels["1"][1] * 255
+    inverted = Image.fromarray(mask).convert("P", palette=Image.ADAPTIVE, colors=2)
+    inverted.save(masks / "1.png")
+    assert Image.open(masks / "1.png").getpalette()[:3] == [255, 255, 255]
+    out = tmp_path / "out"
+    ingest(out, images=images, masks=masks)
+    np.testing.assert_array_equal(_by_id(read_examples(out))["1"]["mask"],
+                                  np.where(mask > 0, 255, 0))
+
+
+def test_overwrite_refuses_an_output_that_holds_the_inputs_and_honours_the_umask(tmp_path):
+    project = tmp_path / "project"
+    images, masks, _ = _pairs(project / "raw", 3)
+    with pytest.raises(IngestError, match=r"raw/images: an input inside the output .*project"):
+        ingest(project, images=images, masks=masks, overwrite=True)
+    assert images.is_dir() and masks.is_dir()
+    previous = os.umask(0o022)
+    try:
+        ingest(tmp_path / "out", images=images, masks=masks)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
 
 
 def _cli(argv):

@@ -53,7 +53,7 @@ def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels:
         if img.mode not in MASK_MODES or not _is_8_bit(img):
             raise IngestError(f"{name}: pixel format {_format(img)}: expected an 8-bit "
                               "single-channel mask")
-        mask = np.asarray(img.convert("L") if img.mode == "1" else img)
+        mask = np.asarray(img.convert("L") if img.mode == "1" or _grey_palette(img) else img)
     levels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     if mask_values:
         if unexpected := sorted(set(levels.tolist()) - set(mask_values)):
@@ -68,7 +68,23 @@ def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels:
         raise IngestError(f"{name}: mask has {levels.size} levels ({shown}): expected at most two "
                           "(0 for background, one other value for foreground), or a dataset "
                           "file listing the classes' mask values")
+    if levels.size == 2 and levels[0] != 0:
+        raise IngestError(f"{name}: mask levels {levels[0]} and {levels[1]}: expected 0 for "
+                          "background and one other value for foreground")
     return np.where(mask > 0, 255, 0).astype(np.uint8)
+
+
+def _grey_palette(img: Image.Image) -> bool:
+    """True for a palette ("P") image whose used colours are all grey: its levels are what it
+    shows (editors often put white at index 0), not its indices (class-index masks, e.g. VOC's,
+    have coloured palettes and stay indices)."""
+    if img.mode != "P":
+        return False
+    palette = np.array(img.getpalette() or [], np.int32)
+    palette = palette[:palette.size // 3 * 3].reshape(-1, 3)
+    used = np.unique(np.asarray(img))
+    return bool(used.max() < len(palette)) and bool(
+        (palette[used] == palette[used][:, :1]).all())
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

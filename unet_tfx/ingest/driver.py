@@ -68,6 +68,10 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
     destination = Path(output)
     if span is not None:
         destination = Path(span_dir(output, choose_span(output, span)))
+    for given in (images, masks, image_stack, mask_stack):
+        if given is not None and Path(given).resolve().is_relative_to(destination.resolve()):
+            raise IngestError(f"{given}: an input inside the output {destination}: expected an "
+                              "output folder apart from the inputs (it is replaced whole)")
     log.info("ingesting %d examples (%s) into %s", len(refs), _counts(splits), destination)
     with staging.staged(destination, overwrite) as tmp_dir:
         size, rejected = beam_pipeline.run(splits, tmp_dir, num_shards=num_shards,

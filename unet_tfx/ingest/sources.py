@@ -13,6 +13,8 @@ from PIL import Image
 from unet_tfx.ingest.errors import IngestError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Image files ingestion does not read: named in an error rather than skipped unseen.
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jp2")
 # The split name of an ingestion without an eval split: its shards go into the output folder itself.
 ALL = "all"
 
@@ -79,8 +81,12 @@ def _list_folder(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise IngestError(f"{folder}: not a folder: expected a directory of PNG/TIFF files")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
+    files = [path for path in sorted(folder.iterdir()) if path.is_file()]
+    if other := [path.name for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES]:
+        raise IngestError(f"{folder}: {_some(other)}: unsupported image format: expected PNG or "
+                          "TIFF files (convert them losslessly; JPEG would also blur mask levels)")
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in found:
             raise IngestError(f"{found[path.stem]} and {path.name}: expected one file per stem")

@@ -1,6 +1,7 @@
 """All-or-nothing output: build in a temporary sibling folder, then rename it into place."""
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -21,6 +22,7 @@ def staged(output: Path, overwrite: bool):
                           "(or pass overwrite to replace it)")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from other users
     try:
         yield staging
         if not output.exists():
@@ -44,3 +46,9 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
