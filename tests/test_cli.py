@@ -1,5 +1,6 @@
 """The `unet-tfx` command line and the Kubeflow compilation."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -123,6 +124,21 @@ def test_tensorflow_records_go_through_the_console_filter_and_the_log_file():
     tf_logger.addHandler(logging.StreamHandler())  # what TensorFlow adds when it loads first
     console.setup()
     assert tf_logger.handlers == [] and tf_logger.propagate
+
+
+def test_run_reads_sizes_from_the_default_examples_folder_as_from_examples_dir(tmp_path,
+                                                                              monkeypatch):
+    """RGB 200x300 data ingested into out/examples: plain `run` must not decode it as the
+    profile's 512x512 gray."""
+    from unet_tfx.cli import _config, build_parser
+
+    manifest = tmp_path / "out" / "examples" / "ingest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"image_height": 200, "image_width": 300, "channels": 3}))
+    monkeypatch.chdir(tmp_path)
+    for flags in ([], ["--examples-dir", "out/examples"]):
+        config = _config(build_parser().parse_args(["run", *flags]))
+        assert (config.image_height, config.image_width, config.channels) == (200, 300, 3)
 
 
 def test_augmentation_flags_reach_the_trainers_config():

@@ -134,6 +134,8 @@ def test_resource_flags_reach_the_trainer(tmp_path):
     ("--pipeline-root", "minio://mlpipeline/v2/artifacts", "minio://"),
     ("--serving-dir", "s3://bucket/serving", "MinIO/S3"),
     ("--examples-dir", "relative/examples", "absolute path"),
+    ("--eval-examples", "out/trusted-eval", "absolute path"),
+    ("--eval-examples", "minio://bucket/eval", "MinIO/S3"),
 ])
 def test_unusable_locations_are_refused_at_compile_time(tmp_path, capsys, flag, value, expected):
     args = dict(zip(LOCATIONS[::2], LOCATIONS[1::2], strict=True)) | {flag: value}

@@ -262,6 +262,14 @@ def test_cross_validation_runs_the_pipeline_per_fold_and_reports_mean_and_std(tm
     assert "the same models with the mask at other p(cell) thresholds" in out
     assert set(record["seed_summary"]) == {"0.5", "0.9", "0.95", "0.97", "0.99"}
     assert "their watershed cells at other seed thresholds" in out
+    # Another plan in the same folder would report the old folds' caches as its own: refused.
+    assert main(["cv", "--folds", "3", "--images", str(images), "--masks", str(masks),
+                 "--profile", "test", "--output", str(output)]) == 2
+    assert re.search(r"fold-1/examples: fold 1 of an earlier cv with other eval ids .*expected "
+                     r"a new --output", capsys.readouterr().err)
+    # Flags a fold sets itself are refused, not silently replaced.
+    assert main(["cv", "--pipeline-root", str(tmp_path / "tfx"), "--output", str(output)]) == 2
+    assert "--pipeline-root: each fold keeps its own" in capsys.readouterr().err
 
 
 def test_a_mask_level_outside_the_classes_is_refused_naming_the_file(tmp_path):

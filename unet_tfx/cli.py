@@ -149,7 +149,9 @@ def _dataset(args):
 
 def _config(args, spec=None):
     """The PipelineConfig of the flags: sizes from `spec` (a DatasetSpec), else from the
-    --examples-dir manifest, else the profile's; paths under out/<name>/ for a dataset."""
+    manifest of --examples-dir (default: out/examples), else the profile's; paths under
+    out/<name>/ for a dataset."""
+    from unet_tfx.config import PipelineConfig
     from unet_tfx.dataset_spec import from_examples
 
     data, paths = {}, {}
@@ -160,8 +162,8 @@ def _config(args, spec=None):
         paths = {key: os.path.join("out", spec.name, folder) for key, folder in
                  (("examples_dir", "examples"), ("pipeline_root", "tfx"),
                   ("serving_dir", "serving"))}
-    elif args.examples_dir:
-        data = from_examples(args.examples_dir)
+    else:
+        data = from_examples(args.examples_dir or PipelineConfig.examples_dir)
     profile = args.profile or (spec.profile if spec else "quick")
     return load_profile(
         profile, **data,
@@ -271,6 +273,14 @@ def _cv(args) -> int:
         format_results,
     )
 
+    per_fold = [flag for flag, value in (
+        ("--examples-dir", args.examples_dir), ("--pipeline-root", args.pipeline_root),
+        ("--serving-dir", args.serving_dir), ("--eval-examples", args.eval_examples)) if value]
+    if per_fold:
+        print(f"unet-tfx cv: {', '.join(per_fold)}: each fold keeps its own examples, pipeline "
+              "and models under -o/--output: expected --dataset or --images/--masks for the "
+              "data, and -o for the folder", file=sys.stderr)
+        return 2
     spec = _dataset(args) or load_dataset(DEFAULT_DATASET)
     config = _config(args, spec)
     output = args.output or os.path.join("out", spec.name, "cv")

@@ -159,8 +159,7 @@ def infer_dataset(images: str, masks: str | None, eval_count: int, name: str = "
 
 def from_examples(examples_dir: str) -> dict:
     """{image_height, image_width, channels, mask_values} from the manifest ingestion wrote in a
-    local
-    `examples_dir` (or in its newest span); empty when there is none, or for a remote URI
+    local `examples_dir` (or in its newest span); empty when there is none, or for a remote URI
     (compiling needs no access to the data: remote data is described by a dataset file)."""
     from unet_tfx.ingest.spans import list_spans, span_dir
 

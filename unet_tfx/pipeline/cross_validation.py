@@ -23,6 +23,7 @@ import tensorflow as tf
 from unet_tfx.config import PipelineConfig
 from unet_tfx.dataset_spec import DatasetSpec
 from unet_tfx.files import write_atomically
+from unet_tfx.ingest.driver import MANIFEST
 from unet_tfx.ingest.sources import find_sources, natural_key
 from unet_tfx.pipeline.local_runner import run_local
 from unet_tfx.pipeline.report import run_model, score
@@ -75,12 +76,29 @@ def threshold_sweeps(model_dir: str, eval_examples: str) -> dict[str, dict]:
     }
 
 
+def check_earlier_folds(output: str, plan: list[list[str]]) -> None:
+    """ValueError if a fold folder under `output` holds another plan's eval split (another
+    --seed, --folds or dataset): its caches would be reported as this plan's folds."""
+    for k, eval_ids in enumerate(plan, start=1):
+        manifest = os.path.join(output, f"fold-{k}", "examples", MANIFEST)
+        if not tf.io.gfile.exists(manifest):
+            continue
+        with tf.io.gfile.GFile(manifest) as f:
+            earlier = json.load(f).get("splits", {}).get("eval", {}).get("ids")
+        if earlier != eval_ids:
+            raise ValueError(f"{os.path.dirname(manifest)}: fold {k} of an earlier cv with other "
+                             f"eval ids ({', '.join(earlier or [])}; this one: "
+                             f"{', '.join(eval_ids)}): expected a new --output for another "
+                             "--seed, --folds or dataset (or delete the old one)")
+
+
 def cross_validate(dataset: DatasetSpec, config: PipelineConfig, folds: int, seed: int,
                    output: str, beam_workers: int = 1) -> dict:
     """Run the pipeline once per fold; return (and write to <output>/cv.json) every fold's ids
     and metrics and their mean ± std."""
     ids = [ref.id for ref in find_sources(**dataset.sources())]
     plan = fold_ids(ids, folds, seed)
+    check_earlier_folds(output, plan)
     results, started = [], time.monotonic()
     for k, eval_ids in enumerate(plan, start=1):
         folder = os.path.join(output, f"fold-{k}")

@@ -38,8 +38,10 @@ ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.
 def check_locations(config: PipelineConfig) -> None:
     """Refuse paths no pipeline task can use: MinIO/S3 (no TensorFlow filesystem for them in the
     image) and relative paths (they would name the compiling machine's working folder)."""
-    for field in ("examples_dir", "pipeline_root", "serving_dir"):
+    for field in ("examples_dir", "pipeline_root", "serving_dir", "eval_examples"):
         value = getattr(config, field)
+        if not value:  # eval_examples is optional
+            continue
         flag = "--" + field.replace("_", "-")
         if value.startswith(UNSUPPORTED_SCHEMES):
             raise ValueError(
