@@ -433,6 +433,10 @@ def test_the_manifests_serve_what_serving_config_writes(tmp_path, tf_serving_pro
                                         str(tmp_path / "config"),
                                         model_base_path="/models/unet_membrane",
                                         config_path="/config")
+    # Docker mounts this machine's folders where the server reads them.
+    docker = files["command.txt"].splitlines()[3]
+    assert f"-v {tmp_path / 'serving' / 'unet_membrane'}:/models/unet_membrane:ro" in docker
+    assert f"-v {tmp_path / 'config'}:/config:ro" in docker
     resources = _manifests()
     (config_map,) = [r for (_, kind), r in resources.items() if kind == "ConfigMap"]
     for name in ("models.config", "batching.config", "monitoring.config"):

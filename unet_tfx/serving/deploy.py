@@ -180,11 +180,14 @@ def server_flags(config_path: str, limits: ServingLimits, batching: bool = True,
     return flags
 
 
-def docker_command(flags: list[str], config_path: str, model_base: str, gpu: bool = False) -> str:
-    """`docker run` of TF Serving's image with `flags`: a local model base and the config
-    folder are mounted at the same paths inside, so the same files serve both ways."""
-    mounts = [] if "://" in model_base else ["-v", f"{model_base}:{model_base}:ro"]
-    mounts += ["-v", f"{config_path}:{config_path}:ro"]
+def docker_command(flags: list[str], config_path: str, model_base: str, host_config: str,
+                   host_base: str, gpu: bool = False) -> str:
+    """`docker run` of TF Serving's image with `flags`: this machine's config folder
+    `host_config` and local model base `host_base` are mounted where the server reads them,
+    `config_path` and `model_base` (a remote model base is read directly)."""
+    mounts = [] if "://" in model_base or "://" in host_base else [
+        "-v", f"{host_base}:{model_base}:ro"]
+    mounts += ["-v", f"{host_config}:{config_path}:ro"]
     image = SERVING_IMAGE + ("-gpu" if gpu else "")
     words = ["docker", "run", "--rm", *(["--gpus", "all"] if gpu else []),
              "-p", f"{GRPC_PORT}:{GRPC_PORT}", "-p", f"{REST_PORT}:{REST_PORT}", *mounts,
@@ -266,8 +269,9 @@ def write_serving_config(serving_dir: str, model_name: str, output: str,
     limits = _limits(local_base)
     flags = server_flags(config_path, limits, batching, allow_unavailable_labels)
     command = shlex.join(["tensorflow_model_server", *flags])
-    docker = docker_command(flags, config_path, model_base)
-    docker_gpu = docker_command(flags, config_path, model_base, gpu=True)
+    mounted = (config_path, model_base, os.path.abspath(output), local_base)
+    docker = docker_command(flags, *mounted)
+    docker_gpu = docker_command(flags, *mounted, gpu=True)
     files = {
         "models.config": models_config(model_name, model_base, versions, labels),
         "batching.config": batching_config(limits, batch_timeout_micros, num_batch_threads,
