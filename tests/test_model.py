@@ -30,7 +30,7 @@ from unet_tfx.trainer.metrics import (
     WatershedRandScore,
 )
 from unet_tfx.trainer.model import build_from_config, build_unet, compile_from_config, compile_unet
-from unet_tfx.trainer.plan import warm_start
+from unet_tfx.trainer.plan import keep_served_model, warm_start, write_training_record
 
 
 def test_seed_configuration_has_the_seed_parameter_count():
@@ -371,3 +371,25 @@ def test_a_warm_start_that_fails_half_way_leaves_the_fresh_weights(tmp_path):
     same_shape = build_unet((None, None, 1), base_filters=4, depth=2)
     assert warm_start(same_shape, fn_args, {"warm_start": True, "served_version": 1}) == 1
     np.testing.assert_array_equal(same_shape.get_weights()[0], served.get_weights()[0])
+
+
+def test_keeping_the_served_model_warns_of_settings_it_does_not_follow(tmp_path, caplog):
+    """Same data, nothing trained: a new --mask-threshold would silently not reach the served
+    masks, so the Trainer says which settings differ and that --force applies them."""
+    served = tmp_path / "served"
+    build_unet((None, None, 1), base_filters=4, depth=2).save(
+        str(served), save_format="tf", include_optimizer=False, save_traces=False)
+    settings = dataclasses.asdict(TrainingConfig())
+    write_training_record(str(served), {"spans": [0]}, None, settings)
+    fn_args = types.SimpleNamespace(
+        base_model=str(served), serving_model_dir=str(tmp_path / "export"),
+        custom_config={"training": {**settings, "mask_threshold": 0.4}})
+    plan = {"train": False, "reason": "spans [0] are what version 1 was trained on"}
+    assert keep_served_model(fn_args, plan)
+    assert (tmp_path / "export" / "saved_model.pb").exists()
+    assert "(mask_threshold 0.5 -> 0.4): pass --force" in caplog.text
+    caplog.clear()
+    fn_args.custom_config["training"] = settings
+    fn_args.serving_model_dir = str(tmp_path / "export-2")
+    assert keep_served_model(fn_args, plan)
+    assert "--force" not in caplog.text

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tfx.utils import io_utils
 
-from unet_tfx.components.served_model import TRAINING_RECORD
+from unet_tfx.components.served_model import TRAINING_RECORD, read_training_record
 from unet_tfx.trainer.distribution import is_chief
 
 log = logging.getLogger("unet_tfx.trainer")
@@ -28,6 +28,7 @@ def keep_served_model(fn_args, plan: dict, wait_seconds: float = 600) -> bool:
     if plan.get("train", True):
         return False
     log.info("nothing to train: %s; the served model is exported unchanged", plan["reason"])
+    warn_of_changed_settings(fn_args.base_model, fn_args.custom_config["training"])
     if is_chief():
         partial = f"{fn_args.serving_model_dir.rstrip('/')}.partial"
         io_utils.copy_dir(fn_args.base_model, partial)
@@ -40,6 +41,19 @@ def keep_served_model(fn_args, plan: dict, wait_seconds: float = 600) -> bool:
                                f"model did not appear within {wait_seconds:.0f} s")
         time.sleep(5)
     return True
+
+
+def warn_of_changed_settings(served_model_dir: str, training: dict) -> list[str]:
+    """Warn (and return) which of this run's training settings differ from those the served
+    model was trained and exported with (its training record): kept unchanged, it does not
+    follow them, e.g. a new mask threshold, until --force retrains."""
+    served = read_training_record(served_model_dir).get("training", {})
+    changed = [f"{key} {served[key]!r} -> {value!r}" for key, value in training.items()
+               if key in served and served[key] != value]
+    if changed:
+        log.warning("the served model keeps the settings it was trained with (%s): pass --force "
+                    "to train one with this run's", ", ".join(changed))
+    return changed
 
 
 def warm_start(model: keras.Model, fn_args, plan: dict) -> int | None:
