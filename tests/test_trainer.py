@@ -12,7 +12,7 @@ from unet_tfx.config import TrainingConfig
 from unet_tfx.trainer.augment import random_intensity
 from unet_tfx.trainer.autograph import leave_tf_keras_unconverted, tf_keras_rules
 from unet_tfx.trainer.dataset import _augment, _random_crop
-from unet_tfx.trainer.run_fn import backup_dir
+from unet_tfx.trainer.run_fn import backup_dir, epoch_plan
 
 
 def _fn_args(train_files):
@@ -108,3 +108,11 @@ def test_gamma_bends_the_middle_tones_and_keeps_the_range():
         assert np.all(np.diff(image.ravel()) >= -1e-5)  # still monotonic: a curve, no noise
         changed += np.abs(image - ramp.numpy()).max()
     assert changed / 4 > 0.1
+
+
+def test_train_steps_become_whole_epochs_and_a_rounding_is_said(caplog):
+    assert epoch_plan(1500, 150) == (10, 150)
+    assert epoch_plan(100, 150) == (1, 100)  # not one epoch of 150
+    assert "rounded" not in caplog.text
+    assert epoch_plan(1000, 150) == (7, 150)
+    assert "training 1050 steps: 1000 train steps rounded up to whole epochs of 150" in caplog.text

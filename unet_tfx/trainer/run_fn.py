@@ -50,6 +50,18 @@ def run_fn(fn_args) -> None:
         _train_and_export(fn_args, cfg, plan)
 
 
+def epoch_plan(train_steps: int, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) for `train_steps`: Keras trains whole epochs (each ends with
+    a pass over the eval images), so a count that is not a multiple of `steps_per_epoch` is
+    rounded up to one, with a warning saying so."""
+    steps_per_epoch = min(steps_per_epoch, train_steps)
+    epochs = math.ceil(train_steps / steps_per_epoch)
+    if epochs * steps_per_epoch != train_steps:
+        log.warning("training %d steps: %d train steps rounded up to whole epochs of %d",
+                    epochs * steps_per_epoch, train_steps, steps_per_epoch)
+    return epochs, steps_per_epoch
+
+
 def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     custom_config = fn_args.custom_config
     channels = custom_config["channels"]
@@ -58,21 +70,20 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train_steps = fn_args.train_steps
-    epochs = math.ceil(train_steps / cfg.steps_per_epoch)
+    epochs, steps_per_epoch = epoch_plan(fn_args.train_steps, cfg.steps_per_epoch)
 
     with strategy.scope():
         model = build_from_config(cfg, channels, custom_config.get("num_classes", 2))
         started_from = warm_start(model, fn_args, plan)  # before the optimizer exists
-        compile_from_config(model, cfg, steps=epochs * cfg.steps_per_epoch)
+        compile_from_config(model, cfg, steps=epochs * steps_per_epoch)
     log.info("training %s parameters for %d steps (%d epochs of %d), patches %d², batch %d "
-             "(%d per replica x %d replicas)", f"{model.count_params():,}", train_steps, epochs,
-             cfg.steps_per_epoch, cfg.patch_size, cfg.batch_size * replicas, cfg.batch_size,
-             replicas)
+             "(%d per replica x %d replicas)", f"{model.count_params():,}",
+             epochs * steps_per_epoch, epochs, steps_per_epoch, cfg.patch_size,
+             cfg.batch_size * replicas, cfg.batch_size, replicas)
     chief = is_chief()  # only the chief writes logs, curves, history and the model
     history = model.fit(
         training_dataset(fn_args.train_files, tf_transform_output, cfg, replicas),
-        steps_per_epoch=cfg.steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
         epochs=epochs,
         validation_data=eval_dataset(fn_args.eval_files, tf_transform_output, cfg, replicas),
         validation_steps=fn_args.eval_steps or None,
@@ -81,7 +92,7 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
               if chief else []),
             keras.callbacks.BackupAndRestore(backup_dir(fn_args, custom_config),
                                              save_freq=cfg.backup_every_steps or "epoch"),
-            ProgressLogger(epochs * cfg.steps_per_epoch, cfg.batch_size * replicas),
+            ProgressLogger(epochs * steps_per_epoch, cfg.batch_size * replicas),
         ],
         verbose=0,
     )
