@@ -141,6 +141,18 @@ def test_run_reads_sizes_from_the_default_examples_folder_as_from_examples_dir(t
         assert (config.image_height, config.image_width, config.channels) == (200, 300, 3)
 
 
+def test_data_flags_that_would_be_dropped_are_refused(capsys):
+    from unet_tfx.cli import main
+
+    for argv, message in (
+            (["run", "--dataset", "d.yaml", "--images", "x"], "--dataset and --images: expected "
+             "one of them"),
+            (["cv", "--eval-count", "3"], "--masks and --eval-count go with --images"),
+            (["report", "--masks", "m"], "--masks and --eval-count go with --images")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
 def test_augmentation_flags_reach_the_trainers_config():
     from unet_tfx.cli import _config, build_parser
 

@@ -112,6 +112,14 @@ def test_a_version_appears_only_complete_after_a_rename(served, monkeypatch):
     assert message == f"pushed version {version} to {os.path.join(base, str(version))}"
 
 
+def test_a_partial_folder_a_killed_push_left_is_removed_by_the_next_push(served):
+    base, old, new = served
+    leftover = os.path.join(base, f"{PARTIAL_PREFIX}{old + 1}")
+    shutil.copytree(new, leftover)  # a SIGKILL mid-copy leaves it; nothing else removes it
+    version, _ = push_version(new, base, keep=3)
+    assert partials(base) == [] and served_versions(base) == [old, version]
+
+
 def test_a_push_failing_half_way_leaves_no_version_and_the_served_one(served, monkeypatch):
     base, old, new = served
     before = tree(os.path.join(base, str(old)))

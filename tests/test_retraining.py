@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from unet_tfx.cli import main
+from unet_tfx.components.example_gen import resolve_inputs
 from unet_tfx.components.served_model import read_training_record
 from unet_tfx.config import BUNDLED_DATA, load_profile
 from unet_tfx.ingest import IngestError, ingest
 from unet_tfx.pipeline.history import read_history
 from unet_tfx.pipeline.local_runner import metadata_path, run_local
+from unet_tfx.pipeline.report import write_report
 from unet_tfx.serving.local_model import served_versions
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +88,21 @@ def test_span_1_is_read_trained_and_pushed(span1, setup):
     assert span1.blessed and span1.pushed_to
     assert _versions(config) == [int(os.path.basename(span1.pushed_to))]
     assert read_training_record(span1.pushed_to)["spans"] == [1]
+
+
+def test_the_report_of_a_span_run_shows_the_trusted_eval_images(span1, setup, tmp_path):
+    """Only span-N/ folders: the page shows the oldest span's eval images, which the Evaluator
+    scored (there is no flat eval/ folder)."""
+    _, config = setup
+    assert len(write_report(span1, config, str(tmp_path / "report.html"))) == 6
+    assert "<h2>Eval images</h2>" in (tmp_path / "report.html").read_text()
+
+
+def test_an_empty_eval_examples_folder_is_named_as_such(setup, span1, tmp_path):
+    _, config = setup
+    with pytest.raises(FileNotFoundError, match=rf"eval_examples {tmp_path}: expected the "
+                       r"\*\.tfrecord\.gz shards"):
+        resolve_inputs(config.examples_dir, eval_examples=str(tmp_path))
 
 
 def test_a_rerun_on_the_same_span_trains_nothing_and_pushes_nothing(rerun, span1, setup):

@@ -139,10 +139,18 @@ AUGMENTATION = ("augment", "rotate_degrees", "scale", "elastic_sigma", "brightne
 
 
 def _dataset(args):
-    """The DatasetSpec of --dataset, or inferred from --images/--masks (run), else None."""
+    """The DatasetSpec of --dataset, or inferred from --images/--masks (run), else None;
+    ConfigError for flags it would otherwise drop."""
     from unet_tfx.dataset_spec import infer_dataset, load_dataset
 
-    if getattr(args, "images", None):
+    images = getattr(args, "images", None)
+    if images and args.dataset:
+        raise ConfigError("--dataset and --images: expected one of them (a dataset file names "
+                          "its own folders)")
+    if not images and (getattr(args, "masks", None) or getattr(args, "eval_count", None)):
+        raise ConfigError("--masks and --eval-count go with --images: expected --images DIR too"
+                          " (or --dataset FILE, whose eval_count is in the file)")
+    if images:
         return infer_dataset(args.images, args.masks, args.eval_count or 0)
     return load_dataset(args.dataset) if args.dataset else None
 
@@ -226,6 +234,7 @@ def _register_report(subparsers) -> None:
         "times, training curves, each eval image with truth, prediction and errors, settings. "
         "Give the flags the run was given (they are the settings the page lists).")
     _add_config_arguments(parser)
+    _add_pairs_arguments(parser)
     parser.set_defaults(func=_report_command)
 
 

@@ -29,23 +29,32 @@ RECORDS = "*.tfrecord.gz"
 PATTERN_SEPARATOR = ";"  # between the absolute patterns of one split
 
 
+def trusted_eval(input_base: str, eval_examples: str = "") -> str:
+    """The folder of the eval examples every model is judged on: `eval_examples`, else the
+    oldest span's eval split (the flat layout's eval/ without spans)."""
+    if eval_examples:
+        return eval_examples
+    spans = list_spans(input_base)
+    return os.path.join(span_dir(input_base, spans[0]) if spans else input_base, "eval")
+
+
 def resolve_inputs(input_base: str, window: int = 1, eval_examples: str = "") -> dict:
     """What one execution reads: {"spans": [...], "train": [patterns], "eval": [patterns]}."""
     spans = list_spans(input_base)
     if not spans:
-        train, trusted = [os.path.join(input_base, "train", RECORDS)], os.path.join(
-            input_base, "eval")
+        train = [os.path.join(input_base, "train", RECORDS)]
         chosen = [0]
     else:
         chosen = spans[-max(window, 1):]
         train = [os.path.join(span_dir(input_base, s), "train", RECORDS) for s in chosen]
-        trusted = os.path.join(span_dir(input_base, spans[0]), "eval")
-    evaluation = [os.path.join(eval_examples or trusted, RECORDS)]
+    evaluation = [os.path.join(trusted_eval(input_base, eval_examples), RECORDS)]
     for split, patterns in (("train", train), ("eval", evaluation)):
         if not any(tf.io.gfile.glob(p) for p in patterns):
-            raise FileNotFoundError(f"{split} split: no examples match {patterns} (input_base "
-                                    f"{input_base}: expected span-N/{split}/ or {split}/ "
-                                    "folders as `unet-tfx ingest` writes them)")
+            where = (f"eval_examples {eval_examples}: expected the {RECORDS} shards of "
+                     "`unet-tfx ingest`" if split == "eval" and eval_examples else
+                     f"input_base {input_base}: expected span-N/{split}/ or {split}/ folders "
+                     "as `unet-tfx ingest` writes them")
+            raise FileNotFoundError(f"{split} split: no examples match {patterns} ({where})")
     return {"spans": chosen, "train": train, "eval": evaluation}
 
 

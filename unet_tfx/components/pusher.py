@@ -40,7 +40,12 @@ def same_model(a: str, b: str) -> bool:
 
 def push_version(source: str, model_base: str, keep: int) -> tuple[int | None, str]:
     """Copy `source` in as a new version unless it equals the one served; then keep the newest
-    `keep` versions. Returns (version or None, what happened)."""
+    `keep` versions. Returns (version or None, what happened). A `.partial-N` folder a killed
+    push left behind (one pusher writes to a model base at a time) is removed first."""
+    for name in tf.io.gfile.listdir(model_base) if tf.io.gfile.isdir(model_base) else []:
+        if name.startswith(PARTIAL_PREFIX):
+            tf.io.gfile.rmtree(os.path.join(model_base, name.rstrip("/")))
+            log.info("removed %s, left by a push that did not finish", name.rstrip("/"))
     versions = served_versions(model_base)
     if versions and same_model(source, os.path.join(model_base, str(versions[-1]))):
         return None, f"identical to the served version {versions[-1]}: nothing pushed"

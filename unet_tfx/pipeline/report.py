@@ -16,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from unet_tfx.components.example_gen import trusted_eval
 from unet_tfx.config import PipelineConfig
 from unet_tfx.files import write_atomically
 from unet_tfx.ingest.decode import encode_png
@@ -174,7 +175,7 @@ def write_report(summary: RunSummary, config: PipelineConfig, path: str) -> list
         parts += ["<h2>Training curves</h2>",
                   f'<img alt="training curves" src="data:image/png;base64,{data}">']
     predictions = []
-    eval_examples = os.path.join(config.examples_dir, "eval")
+    eval_examples = trusted_eval(config.examples_dir, config.eval_examples)
     if model_dir and tf.io.gfile.isdir(model_dir) and tf.io.gfile.isdir(eval_examples):
         predictions = eval_predictions(model_dir, eval_examples)
         rows, classes = _image_rows(predictions, config.training.mask_threshold,
