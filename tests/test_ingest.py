@@ -330,6 +330,16 @@ def test_overwrite_refuses_an_output_that_holds_the_inputs_and_honours_the_umask
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
 
 
+def test_a_remote_output_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Path("gs://b/x") is the local folder gs:/b/x: refused, not written there."""
+    images, masks, _ = _pairs(tmp_path, 3)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(IngestError, match=r"gs://bucket/examples: ingestion writes a local "
+                       r"folder .*gsutil cp -r"):
+        ingest("gs://bucket/examples", images=images, masks=masks)
+    assert not (tmp_path / "gs:").exists()
+
+
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="unet-tfx")
     register(parser.add_subparsers())

@@ -63,6 +63,10 @@ def ingest(output, *, images=None, masks=None, image_stack=None, mask_stack=None
                         or not all(0 <= v <= 255 for v in mask_values)):
         raise IngestError(f"mask_values {list(mask_values)}: expected 3 or more distinct levels "
                           "0-255 (two classes need none)")
+    if "://" in str(output):
+        raise IngestError(f"{output}: ingestion writes a local folder (staged, then renamed "
+                          "into place): expected a local path; copy it to the bucket after, "
+                          "e.g. gsutil cp -r")
     refs = sources.find_sources(images, masks, image_stack, mask_stack)
     splits = sources.split_eval(refs, eval_count, eval_ids)
     destination = Path(output)

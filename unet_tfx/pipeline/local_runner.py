@@ -5,10 +5,12 @@ import logging
 import os
 import time
 
+import tensorflow as tf
 from tfx import v1 as tfx
 
 from unet_tfx.config import PipelineConfig
 from unet_tfx.dataset_spec import DEFAULT_DATASET, DatasetSpec, load_dataset
+from unet_tfx.ingest.errors import IngestError
 from unet_tfx.pipeline.pipeline import create_pipeline, model_base
 from unet_tfx.pipeline.run_summary import RunSummary, summarize_run
 from unet_tfx.serving.local_model import served_versions
@@ -35,8 +37,11 @@ def metadata_path(config: PipelineConfig) -> str:
 def ensure_examples(config: PipelineConfig, dataset: DatasetSpec | None = None) -> None:
     """Ingest `dataset` (default: the bundled membrane data, 24 train / 6 eval) if
     `examples_dir` has nothing yet."""
-    if os.path.exists(config.examples_dir):
+    if tf.io.gfile.exists(config.examples_dir):
         return
+    if "://" in config.examples_dir:
+        raise IngestError(f"{config.examples_dir}: no examples there: expected them ingested "
+                          "(locally, then copied) before the run")
     from unet_tfx.ingest import ingest
 
     dataset = dataset or load_dataset(DEFAULT_DATASET)
