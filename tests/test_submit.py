@@ -336,6 +336,10 @@ def test_cli_submits_to_kubeflow_and_prints_the_run(kfp_api, package, capsys):
     assert kfp_api.calls("POST", f"{API}/runs")
     (experiment,) = kfp_api.experiments.values()
     assert experiment["display_name"] == "cli"
+    # Without --pipeline-name the pipeline is the package's own (compile names it after the
+    # dataset), not always unet-membrane.
+    (upload,) = kfp_api.calls("POST", f"{API}/pipelines/upload")
+    assert upload["query"]["name"] == "tiny-submit-test"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,7 +1,7 @@
 """Submit a compiled pipeline to Kubeflow Pipelines 2 or Vertex AI Pipelines: `unet-tfx submit`.
 
 The package is what `unet-tfx compile` writes: for `--target kubeflow` a bare PipelineSpec YAML
-(it names no pipeline root: pass `--pipeline-root` here), for `--target vertex` a PipelineJob JSON
+(its `defaultPipelineRoot` is compile's `--pipeline-root`), for `--target vertex` a PipelineJob JSON
 (the spec under `pipelineSpec`, the root under `runtimeConfig.gcsOutputDirectory`). Vertex takes
 both as they are. The KFP API server takes only a bare PipelineSpec, so for Kubeflow a PipelineJob
 is unwrapped into a YAML spec and its pipeline root is passed with each run.
@@ -55,6 +55,7 @@ class _Package(NamedTuple):
     pipeline_root: str | None  # the PipelineJob's root, passed with each run
     has_root: bool  # the spec or the PipelineJob names a pipeline root
     parameters: dict  # the PipelineJob's parameter values
+    name: str  # the pipeline's name (pipelineInfo), as `compile` named it after the dataset
 
 
 def _kfp_package(package_path: str, workdir: str) -> _Package:
@@ -88,14 +89,19 @@ def _kfp_package(package_path: str, workdir: str) -> _Package:
             yaml.safe_dump_all(documents, f, sort_keys=False)
     root = runtime.get("gcsOutputDirectory")
     return _Package(upload, root, bool(root or spec.get("defaultPipelineRoot")),
-                    dict(runtime.get("parameterValues") or {}))
+                    dict(runtime.get("parameterValues") or {}),
+                    spec["pipelineInfo"].get("name") or DEFAULT_PIPELINE_NAME)
+
+
+def _read_package(package_path: str) -> _Package:
+    with tempfile.TemporaryDirectory(prefix="unet-tfx-submit-") as workdir:
+        return _kfp_package(package_path, workdir)
 
 
 def package_names_pipeline_root(package_path: str) -> bool:
-    """Whether the package says where outputs go (a bare PipelineSpec from `unet-tfx compile
-    --target kubeflow` does not: the KFP server would use its own default, e.g. minio://)."""
-    with tempfile.TemporaryDirectory(prefix="unet-tfx-submit-") as workdir:
-        return _kfp_package(package_path, workdir).has_root
+    """Whether the package says where outputs go (without, the KFP server would use its own
+    default, e.g. minio://)."""
+    return _read_package(package_path).has_root
 
 
 def _ui_url(host: str) -> str:
@@ -212,7 +218,7 @@ def submit_vertex(package_path: str, *, project: str, region: str,
 EXAMPLES = """\
 examples:
   # Kubeflow Pipelines (e.g. after: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80);
-  # the YAML names no pipeline root: give the one it was compiled with
+  # the spec's pipeline root is compile's --pipeline-root (--pipeline-root here overrides it)
   unet-tfx compile --target kubeflow --image REGISTRY/unet-tfx:TAG --profile full \\
       --pipeline-root gs://BUCKET/tfx --examples-dir gs://BUCKET/examples \\
       --serving-dir gs://BUCKET/serving --output unet.yaml
@@ -249,18 +255,18 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help='run on a schedule instead of once, e.g. "0 3 * * 1" (Mondays 03:00); '
                         "at most one run at a time")
     parser.add_argument("--pipeline-root", metavar="URI",
-                        help="where step outputs go, e.g. the gs:// root given to `compile` "
-                        "(default: the package's; a Kubeflow YAML names none, and the KFP "
-                        "server's own default, minio://, is one TFX cannot write to)")
+                        help="where step outputs go (default: the package's, the gs:// root "
+                        "given to `compile`; never the KFP server's own default, minio://, "
+                        "which TFX cannot write to)")
     parser.add_argument("--service-account", metavar="NAME",
                         help="run as this Kubernetes (Kubeflow) or Google Cloud (Vertex) "
                         "service account")
     kubeflow = parser.add_argument_group("Kubeflow Pipelines")
     kubeflow.add_argument("--host", metavar="URL",
                           help="KFP API endpoint, e.g. http://localhost:8080 (required)")
-    kubeflow.add_argument("--pipeline-name", default=DEFAULT_PIPELINE_NAME, metavar="NAME",
-                          help="pipeline to create or add a version to (default: %(default)s); "
-                          "on Vertex, the job's display name")
+    kubeflow.add_argument("--pipeline-name", metavar="NAME",
+                          help="pipeline to create or add a version to (default: the package's "
+                          "own name, e.g. unet-membrane); on Vertex, the job's display name")
     kubeflow.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
                           help="experiment to run in, created if missing (default: %(default)s)")
     kubeflow.add_argument("--namespace", metavar="NS",
@@ -303,20 +309,21 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser | None
         return error(f"--schedule: {exc}")
 
     try:
+        name = args.pipeline_name or _read_package(args.package).name
         if args.target == "kubeflow":
             if not args.pipeline_root and not package_names_pipeline_root(args.package):
                 print(f"warning: {args.package} names no pipeline root and --pipeline-root is "
                       "not given: outputs go to the KFP server's default root (minio:// unless "
                       "the cluster sets another), which TFX cannot write to", file=sys.stderr)
             result = submit_kubeflow(
-                args.package, args.host, args.pipeline_name, experiment=args.experiment,
+                args.package, args.host, name, experiment=args.experiment,
                 schedule=args.schedule, namespace=args.namespace,
                 pipeline_root=args.pipeline_root, service_account=args.service_account)
         else:
             result = submit_vertex(
                 args.package, project=args.project, region=args.region,
                 pipeline_root=args.pipeline_root, schedule=args.schedule,
-                service_account=args.service_account, display_name=args.pipeline_name)
+                service_account=args.service_account, display_name=name)
     except SubmitError as exc:
         return error(str(exc))
     except Exception as exc:  # the service's or the network's refusal: say it (traceback at -v)
