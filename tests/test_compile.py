@@ -148,6 +148,16 @@ def test_unusable_locations_are_refused_at_compile_time(tmp_path, capsys, flag, 
     assert not output.exists()
 
 
+def test_vertex_training_flags_without_vertex_training_are_refused(tmp_path, capsys):
+    args = [x for pair in zip(LOCATIONS[::2], LOCATIONS[1::2], strict=True) for x in pair]
+    output = tmp_path / "job.json"
+    assert main(["compile", "--image", IMAGE, "--target", "vertex", "--vertex-workers", "2",
+                 "--project", "p", "--output", str(output), *args]) == 2
+    assert ("--project, --vertex-workers: settings of the Vertex AI custom job: expected "
+            "--target vertex --trainer vertex-training") in capsys.readouterr().err
+    assert not output.exists()
+
+
 def _edit(spec, change):
     document = json_format.MessageToDict(spec)
     change(document)

@@ -353,6 +353,15 @@ RESOURCE_FIELDS = ("trainer_cpus", "trainer_memory_gb", "trainer_gpus", "trainer
 def _compile(args) -> int:
     from unet_tfx.pipeline.kubeflow import SUFFIXES, compile_pipeline
 
+    vertex_only = [flag for flag, value in (
+        ("--project", args.project), ("--region", args.region),
+        ("--vertex-machine-type", args.vertex_machine_type),
+        ("--vertex-workers", args.vertex_workers)) if value]
+    if vertex_only and args.trainer != "vertex-training":
+        print(f"unet-tfx compile: {', '.join(vertex_only)}: settings of the Vertex AI custom "
+              "job: expected --target vertex --trainer vertex-training with them",
+              file=sys.stderr)
+        return 2
     config = _config(args, _dataset(args)).replace(**{
         k: getattr(args, k) for k in RESOURCE_FIELDS if getattr(args, k) is not None})
     output = args.output or f"unet_tfx_pipeline{SUFFIXES[args.target]}"
