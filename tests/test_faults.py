@@ -14,6 +14,7 @@ RLIMIT_FSIZE: the copy's writes fail with EFBIG, as they would with ENOSPC).
 
 import contextlib
 import hashlib
+import json
 import os
 import queue
 import re
@@ -518,6 +519,9 @@ def test_a_trainer_killed_mid_training_resumes_from_its_last_backup(killed_runs)
     assert f"harness: training starts at step {KILL_AT_STEP}" in third.lines
     assert _progress_steps(third) == [30, 40, TRAIN_STEPS], _progress_steps(third)
     assert facts["third_code"] == 0
+    # The resumed run's curves number the epochs it trained: 1 (resumed mid-way) and 2.
+    (history,) = (workdir / "tfx" / "Trainer").rglob("history.json")
+    assert json.loads(history.read_text())["epoch"] == [1, 2]
     # Exactly one model exported and one version pushed; the backup is gone once trained.
     exported = list((workdir / "tfx" / "Trainer").rglob("saved_model.pb"))
     assert len(exported) == 1, exported

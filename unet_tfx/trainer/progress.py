@@ -37,7 +37,8 @@ class ProgressLogger(keras.callbacks.Callback):
 
 
 def plot_history(history: dict, path: str) -> None:
-    """Write loss and Dice per epoch, training against validation, as a PNG."""
+    """Write loss and Dice per epoch (numbered by `history["epoch"]` when given: a resumed run's
+    first epoch need not be 1), training against validation, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,7 @@ def plot_history(history: dict, path: str) -> None:
             if k in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        epochs = range(1, len(history[key]) + 1)
+        epochs = history.get("epoch") or range(1, len(history[key]) + 1)
         ax.plot(epochs, history[key], marker="o", label="train")
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], marker="o", label="eval")

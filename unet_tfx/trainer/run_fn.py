@@ -11,6 +11,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from unet_tfx.config import TrainingConfig
+from unet_tfx.files import write_atomically
 from unet_tfx.serving.warmup import eval_pngs
 from unet_tfx.trainer.dataset import eval_dataset, training_dataset
 from unet_tfx.trainer.distribution import choose_strategy, is_chief, save_on_chief
@@ -98,9 +99,11 @@ def _train_and_export(fn_args, cfg: TrainingConfig, plan: dict) -> None:
     )
     if chief:
         tf.io.gfile.makedirs(fn_args.model_run_dir)
-        plot_history(history.history, os.path.join(fn_args.model_run_dir, "training_curves.png"))
-        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-            json.dump(history.history, f, indent=1)
+        # Epochs numbered from 1; a run resumed from a backup records only those it trained.
+        record = {**history.history, "epoch": [epoch + 1 for epoch in history.epoch]}
+        plot_history(record, os.path.join(fn_args.model_run_dir, "training_curves.png"))
+        write_atomically(os.path.join(fn_args.model_run_dir, "history.json"),
+                         json.dumps(record, indent=1))
     # Every worker saves (Keras's multi-worker rule); only the chief's copy is kept.
     save_on_chief(lambda directory: export_serving_model(
         model, tf_transform_output, directory, channels, cfg.depth,
