@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from unet_tfx.cli import main
-from unet_tfx.components.example_gen import resolve_inputs
+from unet_tfx.components.example_gen import resolve_inputs, trusted_eval
 from unet_tfx.components.served_model import read_training_record
 from unet_tfx.config import BUNDLED_DATA, load_profile
 from unet_tfx.ingest import IngestError, ingest
@@ -103,6 +103,17 @@ def test_an_empty_eval_examples_folder_is_named_as_such(setup, span1, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"eval_examples {tmp_path}: expected the "
                        r"\*\.tfrecord\.gz shards"):
         resolve_inputs(config.examples_dir, eval_examples=str(tmp_path))
+
+
+def test_the_flat_layouts_eval_split_stays_the_trusted_one_beside_later_spans(tmp_path):
+    """make run's flat train/ and eval/ are span 0: a span ingested after them must not become
+    the set every model is judged on (new data would grade itself)."""
+    for folder in ("span-1/eval", "span-2/eval"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert trusted_eval(str(tmp_path)) == str(tmp_path / "span-1" / "eval")
+    (tmp_path / "eval").mkdir()
+    assert trusted_eval(str(tmp_path)) == str(tmp_path / "eval")
+    assert trusted_eval(str(tmp_path), "gs://b/trusted") == "gs://b/trusted"
 
 
 def test_a_rerun_on_the_same_span_trains_nothing_and_pushes_nothing(rerun, span1, setup):

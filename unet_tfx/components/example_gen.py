@@ -31,11 +31,14 @@ PATTERN_SEPARATOR = ";"  # between the absolute patterns of one split
 
 def trusted_eval(input_base: str, eval_examples: str = "") -> str:
     """The folder of the eval examples every model is judged on: `eval_examples`, else the
-    oldest span's eval split (the flat layout's eval/ without spans)."""
+    oldest data's eval split: the flat layout's eval/ (span 0, also beside spans ingested
+    later), else the oldest span's."""
     if eval_examples:
         return eval_examples
+    flat = os.path.join(input_base, "eval")
     spans = list_spans(input_base)
-    return os.path.join(span_dir(input_base, spans[0]) if spans else input_base, "eval")
+    return os.path.join(span_dir(input_base, spans[0]), "eval") if spans and not \
+        tf.io.gfile.isdir(flat) else flat
 
 
 def resolve_inputs(input_base: str, window: int = 1, eval_examples: str = "") -> dict:
