@@ -25,8 +25,8 @@ def eval_config(min_membrane_dice: float, max_dice_drop: float, num_classes: int
 
     K >= 3 classes: the mean class Dice, pixel accuracy, each class's Dice and IoU, and the Rand
     score and variation of information of the regions of every class but 0.
-    The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) exceeds
-    `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
+    The model is blessed when its membrane Dice (K >= 3 classes: its mean class Dice) is at
+    least `min_membrane_dice` and is at most `max_dice_drop` below the last blessed model's (the
     first run has no baseline).
     """
     gate = tfma.MetricThreshold(

@@ -67,8 +67,8 @@ def random_warp(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, *, rotate_de
 def random_intensity(image: tf.Tensor, seed: tf.Tensor, *, brightness: float,
                      contrast: float, gamma: float = 0.0) -> tf.Tensor:
     """A z-scored image through a gamma curve of exponent within exp(±gamma) (on the patch's own
-    range, which it keeps), then shifted by up to ±brightness standard deviations and scaled by
-    a contrast factor within 1 ± contrast."""
+    range, which it keeps), then scaled by a contrast factor within 1 ± contrast and shifted by
+    up to ±brightness standard deviations."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
     if gamma:
         low, high = tf.reduce_min(image), tf.reduce_max(image)

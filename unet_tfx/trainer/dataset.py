@@ -190,7 +190,7 @@ def _random_crop(image, mask, size: int, seed: tf.Tensor):
 def _augment(image, mask, cfg: TrainingConfig, seed: tf.Tensor):
     """A random cfg.patch_size² crop of image and mask together; with cfg.augment, flips and
     90° turns, then the warps and intensity changes the config switches on (`augment.py`)."""
-    channels = image.shape[-1]  # the mask's: 1, or K one-hot
+    channels = image.shape[-1]  # the image's (the mask, 1 or K one-hot, follows them)
     image, mask = _random_crop(image, mask, cfg.patch_size, seed)
     if not cfg.augment:
         return image, mask

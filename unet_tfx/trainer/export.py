@@ -1,9 +1,10 @@
 """The serving contract: the SavedModel's signatures.
 
-- `serving_default`: encoded PNG/JPEG bytes [batch] → `probabilities` [batch, H, W, 1] at the
-  input's own resolution (padded to a multiple of 2**depth inside, cropped back), and
-  `mask_png_bytes` [batch], each image's mask (p > threshold, by default 0.5: 255 cell, else 0
-  membrane) as a PNG: the `_bytes` suffix makes TF Serving's REST API answer it base64-encoded.
+- `serving_default`: encoded PNG/JPEG bytes [batch] → `probabilities` [batch, H, W, 1] (K
+  classes: [batch, H, W, K]) at the input's own resolution (padded to a multiple of 2**depth
+  inside, cropped back), and `mask_png_bytes` [batch], each image's mask (p > threshold, by
+  default 0.5: 255 cell, else 0 membrane) as a PNG: the `_bytes` suffix makes TF Serving's
+  REST API answer it base64-encoded.
   Requests outside `ServingLimits` are refused from the image headers, before anything is
   decoded, with INVALID_ARGUMENT naming the image, its size and the limit
   (`check_encoded_images`).
@@ -205,7 +206,7 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
         return model(images, training=False)
 
     def predict_any_size(normalized):
-        """Normalized images [batch, H, W, C] of any size → probabilities [batch, H, W, 1]:
+        """Normalized images [batch, H, W, C] of any size → probabilities [batch, H, W, 1 or K]:
         padded to a multiple of 2**depth, whole or in tiles when a padded side is above
         tile_size, cropped back."""
         height, width = tf.shape(normalized)[1], tf.shape(normalized)[2]
@@ -231,7 +232,7 @@ def build_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOut
         return total / 8.0
 
     def segment(images, predictor=predict_any_size):
-        """Encoded images → probabilities [batch, H, W, 1]."""
+        """Encoded images → probabilities [batch, H, W, 1 or K]."""
         def decode(encoded):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
             return tf.cast(image, tf.float32)
