@@ -221,6 +221,13 @@ def _write_bad(tmp_path, case):
         tifffile.imwrite(images / "1.tif", image.astype(np.uint16) * 257)
         (images / "1.png").unlink()
         return kwargs, r"images/1\.tif: pixel format I;16.*expected an 8-bit image"
+    if case == "signed 8-bit TIFF":
+        tifffile.imwrite(images / "1.tif", (image.astype(np.int16) - 128).astype(np.int8))
+        (images / "1.png").unlink()
+        return kwargs, r"images/1\.tif: pixel format L \(stored as .*, signed samples\)"
+    if case == "palette image":
+        Image.fromarray(image).convert("P").save(images / "1.png")
+        return kwargs, r"images/1\.png: pixel format P \(a palette image; convert it to grayscale"
     if case == "too many pixels":
         return {**kwargs, "max_pixels": 47}, r"images/0\.png: 6x8 .* 48 pixels: expected at most 47"
     if case == "multi-page file":
@@ -251,7 +258,8 @@ def _write_bad(tmp_path, case):
 
 @pytest.mark.parametrize("case", [
     "corrupt", "size mismatch", "mask levels", "mask levels without 0",
-    "a JPEG among the images", "channels", "16-bit", "too many pixels",
+    "a JPEG among the images", "signed 8-bit TIFF", "palette image", "channels", "16-bit",
+    "too many pixels",
     "multi-page file", "image without mask", "mask without image", "empty folder",
     "empty stack", "stack page counts",
 ])

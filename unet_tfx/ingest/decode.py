@@ -20,6 +20,7 @@ Image.MAX_IMAGE_PIXELS = None
 # 8-bit PIL modes and their channel counts; masks may also be bilevel ("1") or palette indices.
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 MASK_MODES = ("L", "1", "P")
+TIFF_SAMPLE_FORMAT = 339  # 1 unsigned integer, 2 signed, 3 floating point
 
 
 def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -> np.ndarray:
@@ -138,11 +139,19 @@ def _rawmode(img: Image.Image) -> str:
 
 
 def _is_8_bit(img: Image.Image) -> bool:
-    return "16" not in _rawmode(img)
+    """Unsigned 8-bit samples (a TIFF's SampleFormat 2, signed, opens as "L" too)."""
+    sample_format = getattr(img, "tag_v2", {}).get(TIFF_SAMPLE_FORMAT, 1)
+    formats = sample_format if isinstance(sample_format, tuple) else (sample_format,)
+    return "16" not in _rawmode(img) and all(f == 1 for f in formats)
 
 
 def _format(img: Image.Image) -> str:
-    return f"{img.mode} (stored as {_rawmode(img)})"
+    if img.mode == "P":
+        return "P (a palette image; convert it to grayscale or RGB)"
+    sample_format = getattr(img, "tag_v2", {}).get(TIFF_SAMPLE_FORMAT, 1)
+    kind = {2: ", signed samples", 3: ", floating-point samples"}.get(
+        sample_format[0] if isinstance(sample_format, tuple) else sample_format, "")
+    return f"{img.mode} (stored as {_rawmode(img)}{kind})"
 
 
 def _check_pixels(img: Image.Image, name: str, max_pixels: int) -> None:
