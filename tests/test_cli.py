@@ -153,6 +153,16 @@ def test_data_flags_that_would_be_dropped_are_refused(capsys):
         assert message in capsys.readouterr().err, argv
 
 
+def test_a_local_run_refuses_a_remote_pipeline_root(tmp_path, capsys, monkeypatch):
+    from unet_tfx.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--profile", "test", "--pipeline-root", "gs://bucket/tfx"]) == 2
+    assert ("--pipeline-root gs://bucket/tfx: a local run keeps ML Metadata in SQLite"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "gs:").exists()
+
+
 def test_augmentation_flags_reach_the_trainers_config():
     from unet_tfx.cli import _config, build_parser
 

@@ -192,10 +192,11 @@ def _config(args, spec=None):
 
 def _run(args) -> int:
     from unet_tfx.dataset_spec import DATASET_FILE, write_dataset
-    from unet_tfx.pipeline.local_runner import run_local
+    from unet_tfx.pipeline.local_runner import check_local_root, run_local
 
     spec = _dataset(args)
     config = _config(args, spec)
+    check_local_root(config)  # before the log file goes under it
     log_file = console.log_to_file(config.pipeline_root)
     if getattr(args, "images", None):
         written = os.path.join(config.pipeline_root, DATASET_FILE)

@@ -8,7 +8,7 @@ import time
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from unet_tfx.config import PipelineConfig
+from unet_tfx.config import ConfigError, PipelineConfig
 from unet_tfx.dataset_spec import DEFAULT_DATASET, DatasetSpec, load_dataset
 from unet_tfx.ingest.errors import IngestError
 from unet_tfx.pipeline.pipeline import create_pipeline, model_base
@@ -34,6 +34,14 @@ def metadata_path(config: PipelineConfig) -> str:
     return os.path.join(os.path.abspath(config.pipeline_root), "metadata.sqlite")
 
 
+def check_local_root(config: PipelineConfig) -> None:
+    """ConfigError for a remote pipeline root: a local run keeps its SQLite ML Metadata there."""
+    if "://" in config.pipeline_root:
+        raise ConfigError(f"--pipeline-root {config.pipeline_root}: a local run keeps ML Metadata "
+                          "in SQLite under its pipeline root: expected a local folder (remote "
+                          "roots are for `unet-tfx compile`)")
+
+
 def ensure_examples(config: PipelineConfig, dataset: DatasetSpec | None = None) -> None:
     """Ingest `dataset` (default: the bundled membrane data, 24 train / 6 eval) if
     `examples_dir` has nothing yet."""
@@ -53,6 +61,7 @@ def run_local(config: PipelineConfig, beam_workers: int = 1,
               dataset: DatasetSpec | None = None) -> RunSummary:
     """Run (or re-run, reusing cached components) the pipeline and summarize what happened;
     `dataset` is ingested first if `config.examples_dir` does not exist."""
+    check_local_root(config)
     ensure_examples(config, dataset)
     beam_args = direct_runner_args(beam_workers) + tuple(config.beam_args)
     config = dataclasses.replace(config, beam_args=beam_args)
