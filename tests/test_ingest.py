@@ -228,6 +228,12 @@ def _write_bad(tmp_path, case):
     if case == "palette image":
         Image.fromarray(image).convert("P").save(images / "1.png")
         return kwargs, r"images/1\.png: pixel format P \(a palette image; convert it to grayscale"
+    if case == "image and mask both bad":
+        tifffile.imwrite(images / "1.tif", image.astype(np.uint16) * 257)
+        (images / "1.png").unlink()
+        _save(masks / "1.png", (np.arange(48) % 3).astype(np.uint8).reshape(6, 8) * 60)
+        return kwargs, (r"images/1\.tif: pixel format I;16.*; and .*masks/1\.png: mask has 3 "
+                        r"levels")
     if case == "too many pixels":
         return {**kwargs, "max_pixels": 47}, r"images/0\.png: 6x8 .* 48 pixels: expected at most 47"
     if case == "multi-page file":
@@ -259,7 +265,7 @@ def _write_bad(tmp_path, case):
 @pytest.mark.parametrize("case", [
     "corrupt", "size mismatch", "mask levels", "mask levels without 0",
     "a JPEG among the images", "signed 8-bit TIFF", "palette image", "channels", "16-bit",
-    "too many pixels",
+    "image and mask both bad", "too many pixels",
     "multi-page file", "image without mask", "mask without image", "empty folder",
     "empty stack", "stack page counts",
 ])

@@ -48,8 +48,7 @@ class EncodeExample(beam.DoFn):
     def process(self, ref: Ref):
         self.started = self.started or time.monotonic()
         try:
-            image = decode.read_image(ref.image, ref.page, channels=self.channels,
-                                      max_pixels=self.max_pixels)
+            image = self._image(ref)
             mask = None if ref.mask is None else decode.read_mask(
                 ref.mask, ref.page, size=image.shape[:2], max_pixels=self.max_pixels,
                 mask_values=self.mask_values)
@@ -59,6 +58,22 @@ class EncodeExample(beam.DoFn):
         self.height.update(image.shape[0])
         self.width.update(image.shape[1])
         yield records.make_example(ref.id, image, mask)
+
+    def _image(self, ref: Ref):
+        """The image; if it is bad, one IngestError naming its mask's problem too (checked
+        without the image's size), so a run lists every bad file of the pair."""
+        try:
+            return decode.read_image(ref.image, ref.page, channels=self.channels,
+                                     max_pixels=self.max_pixels)
+        except IngestError as bad_image:
+            if ref.mask is None:
+                raise
+            try:
+                decode.read_mask(ref.mask, ref.page, size=None, max_pixels=self.max_pixels,
+                                 mask_values=self.mask_values)
+            except IngestError as bad_mask:
+                raise IngestError(f"{bad_image}; and {bad_mask}") from None
+            raise
 
     def _log_progress(self):
         now = time.monotonic()

@@ -37,15 +37,16 @@ def read_image(path: str, page: int | None, *, channels: int, max_pixels: int) -
         return np.asarray(img)
 
 
-def read_mask(path: str, page: int | None, *, size: tuple[int, int], max_pixels: int,
+def read_mask(path: str, page: int | None, *, size: tuple[int, int] | None, max_pixels: int,
               mask_values: tuple = ()) -> np.ndarray:
-    """uint8 [height, width] mask of the image `size`. Two classes (no `mask_values`): 0 stays
-    0, >0 becomes 255. K classes (`mask_values`, K >= 3 mask levels in class order): the class
-    index 0..K-1 of each pixel; a level outside `mask_values` is refused."""
+    """uint8 [height, width] mask of the image `size` (None: any size). Two classes (no
+    `mask_values`): 0 stays 0, >0 becomes 255. K classes (`mask_values`, K >= 3 mask levels
+    in class order): the class index 0..K-1 of each pixel; a level outside `mask_values` is
+    refused."""
     name = describe(path, page)
     with _reading(name), _open(path, page, name) as img:
         _check_pixels(img, name, max_pixels)
-        if (img.height, img.width) != tuple(size):
+        if size is not None and (img.height, img.width) != tuple(size):
             raise IngestError(f"{name}: mask is {img.height}x{img.width} but its image is "
                               f"{size[0]}x{size[1]} (height x width): expected the same size")
         if img.mode in CHANNELS and img.mode not in MASK_MODES:
