@@ -139,19 +139,22 @@ def _rawmode(img: Image.Image) -> str:
     return str(args[0] if isinstance(args, tuple) else args)
 
 
+def _sample_formats(img: Image.Image) -> tuple:
+    """A TIFF's SampleFormat per channel (1 unsigned, 2 signed, 3 floating point); (1,) for
+    other files."""
+    formats = getattr(img, "tag_v2", {}).get(TIFF_SAMPLE_FORMAT, 1)
+    return formats if isinstance(formats, tuple) else (formats,)
+
+
 def _is_8_bit(img: Image.Image) -> bool:
     """Unsigned 8-bit samples (a TIFF's SampleFormat 2, signed, opens as "L" too)."""
-    sample_format = getattr(img, "tag_v2", {}).get(TIFF_SAMPLE_FORMAT, 1)
-    formats = sample_format if isinstance(sample_format, tuple) else (sample_format,)
-    return "16" not in _rawmode(img) and all(f == 1 for f in formats)
+    return "16" not in _rawmode(img) and all(f == 1 for f in _sample_formats(img))
 
 
 def _format(img: Image.Image) -> str:
     if img.mode == "P":
         return "P (a palette image; convert it to grayscale or RGB)"
-    sample_format = getattr(img, "tag_v2", {}).get(TIFF_SAMPLE_FORMAT, 1)
-    kind = {2: ", signed samples", 3: ", floating-point samples"}.get(
-        sample_format[0] if isinstance(sample_format, tuple) else sample_format, "")
+    kind = {2: ", signed samples", 3: ", floating-point samples"}.get(_sample_formats(img)[0], "")
     return f"{img.mode} (stored as {_rawmode(img)}{kind})"
 
 

@@ -94,14 +94,9 @@ def _kfp_package(package_path: str, workdir: str) -> _Package:
 
 
 def _read_package(package_path: str) -> _Package:
+    """`_kfp_package` without keeping its upload file: the package's name and root."""
     with tempfile.TemporaryDirectory(prefix="unet-tfx-submit-") as workdir:
         return _kfp_package(package_path, workdir)
-
-
-def package_names_pipeline_root(package_path: str) -> bool:
-    """Whether the package says where outputs go (without, the KFP server would use its own
-    default, e.g. minio://)."""
-    return _read_package(package_path).has_root
 
 
 def _ui_url(host: str) -> str:
@@ -309,9 +304,10 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser | None
         return error(f"--schedule: {exc}")
 
     try:
-        name = args.pipeline_name or _read_package(args.package).name
+        package = _read_package(args.package)
+        name = args.pipeline_name or package.name
         if args.target == "kubeflow":
-            if not args.pipeline_root and not package_names_pipeline_root(args.package):
+            if not args.pipeline_root and not package.has_root:
                 print(f"warning: {args.package} names no pipeline root and --pipeline-root is "
                       "not given: outputs go to the KFP server's default root (minio:// unless "
                       "the cluster sets another), which TFX cannot write to", file=sys.stderr)

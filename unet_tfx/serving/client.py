@@ -335,7 +335,8 @@ class BaseSegmentationClient:
             except ServingError as error:
                 elapsed = time.monotonic() - started
                 wait = self.retry.backoff(attempt)
-                if (error.code not in RETRYABLE or attempt >= (self.retry.attempts or attempt + 1)
+                out_of_attempts = self.retry.attempts is not None and attempt >= self.retry.attempts
+                if (error.code not in RETRYABLE or out_of_attempts
                         or elapsed + wait > self.retry.budget):
                     raise error.after(attempt, elapsed, f"{what} on {self.describe()}") \
                         from error.__cause__

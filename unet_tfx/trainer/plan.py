@@ -43,8 +43,8 @@ def keep_served_model(fn_args, plan: dict, wait_seconds: float = 600) -> bool:
     return True
 
 
-def warn_of_changed_settings(served_model_dir: str, training: dict) -> list[str]:
-    """Warn (and return) which of this run's training settings differ from those the served
+def warn_of_changed_settings(served_model_dir: str, training: dict) -> None:
+    """Warn which of this run's training settings differ from those the served
     model was trained and exported with (its training record): kept unchanged, it does not
     follow them, e.g. a new mask threshold, until --force retrains."""
     served = read_training_record(served_model_dir).get("training", {})
@@ -53,7 +53,6 @@ def warn_of_changed_settings(served_model_dir: str, training: dict) -> list[str]
     if changed:
         log.warning("the served model keeps the settings it was trained with (%s): pass --force "
                     "to train one with this run's", ", ".join(changed))
-    return changed
 
 
 def warm_start(model: keras.Model, fn_args, plan: dict) -> int | None:
